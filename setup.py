@@ -1,0 +1,35 @@
+"""stt-agent: on-device SenseVoiceSmall speech agent publishing events over MQTT."""
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+version = re.search(r'__version__ = "([^"]+)"', Path("agent/__init__.py").read_text()).group(1)
+
+setup(
+    name="stt-agent",
+    version=version,
+    description="On-device speech agent: SenseVoiceSmall on ONNX Runtime, events over MQTT",
+    long_description=Path("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["agent", "agent.*"]),
+    # onnxruntime is deliberately absent: onnxruntime and onnxruntime-gpu install the same
+    # module and must never be installed together, so the user picks one through an extra.
+    install_requires=[
+        "numpy>=1.24",
+        "kaldi-native-fbank>=1.19",
+        "sentencepiece>=0.1.99",
+        "pyyaml>=6.0",
+        "soxr>=0.3",
+    ],
+    extras_require={
+        "cpu": ["onnxruntime>=1.17"],
+        "gpu": ["onnxruntime-gpu>=1.17"],
+        # Export tooling only: never needed by the daemon.
+        "export": ["torch>=2.1", "onnx>=1.15", "onnxruntime>=1.17"],
+        "test": ["pytest>=7", "hypothesis>=6", "onnx>=1.15"],
+        "bench": ["sherpa-onnx>=1.10", "onnx>=1.15"],
+    },
+    entry_points={"console_scripts": ["stt-agent=agent.cli:main"]},
+)
