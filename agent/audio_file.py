@@ -1,0 +1,160 @@
+"""Read WAV files into mono float32 samples for the recognizer.
+
+Samples come out on the int16 scale (full scale = +/-32768) because the Kaldi fbank
+frontend expects that scale. A small RIFF parser is used instead of the ``wave``
+module, which on Python 3.10 rejects IEEE float and WAVE_FORMAT_EXTENSIBLE files.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import uuid
+
+import numpy as np
+import soxr
+
+log = logging.getLogger(__name__)
+
+_PCM, _FLOAT, _EXTENSIBLE = 0x0001, 0x0003, 0xFFFE
+# KSDATAFORMAT_SUBTYPE_* GUIDs are the format tag followed by this fixed tail.
+_SUBTYPE_TAIL = b"\x00\x00\x00\x00\x10\x00\x80\x00\x00\xaa\x00\x38\x9b\x71"
+# Streaming writers (ffmpeg/sox to a pipe) cannot seek back to fill in the size.
+_UNKNOWN_SIZES = (0, 0xFFFFFFFF)
+
+
+class AudioFileError(Exception):
+    """A file that cannot be read as audio; the message names the file and the problem."""
+
+
+def _parse_fmt(name: str, body: bytes) -> tuple[int, int, int, int]:
+    """Return (format tag, channels, sample rate, bytes per sample) from a fmt chunk."""
+    if len(body) < 16:
+        raise AudioFileError(f"{name}: fmt chunk too short ({len(body)} bytes, expected at least 16)")
+    tag, channels, rate, _byte_rate, block_align, bits = struct.unpack_from("<HHIIHH", body)
+    if tag == _EXTENSIBLE:
+        if len(body) < 40:
+            raise AudioFileError(f"{name}: EXTENSIBLE fmt chunk too short ({len(body)} bytes, expected 40)")
+        sub = body[24:40]
+        if sub[2:] != _SUBTYPE_TAIL or struct.unpack_from("<H", sub)[0] not in (_PCM, _FLOAT):
+            raise AudioFileError(
+                f"{name}: unsupported EXTENSIBLE subformat {uuid.UUID(bytes_le=bytes(sub))} "
+                "(expected PCM or IEEE float)")
+        tag = struct.unpack_from("<H", sub)[0]
+    if tag not in (_PCM, _FLOAT):
+        raise AudioFileError(
+            f"{name}: unsupported WAVE format tag 0x{tag:04X} "
+            "(expected PCM 1, IEEE float 3 or EXTENSIBLE with a PCM/float subformat)")
+    if channels == 0:
+        raise AudioFileError(f"{name}: header says 0 channels")
+    if rate == 0:
+        raise AudioFileError(f"{name}: header says sample rate 0")
+    # Samples narrower than their container (e.g. 12 or 20 bits) are left-justified in it,
+    # so decoding by container width gives the right scale.
+    width = (bits + 7) // 8
+    if width not in ((1, 2, 3, 4) if tag == _PCM else (4, 8)):
+        kind = "PCM" if tag == _PCM else "IEEE float"
+        raise AudioFileError(f"{name}: unsupported {bits}-bit {kind} "
+                             f"(expected {'8/16/24/32' if tag == _PCM else '32/64'}-bit)")
+    if block_align != width * channels:
+        log.warning("%s: block align %d does not match %d channels x %d bytes; using the latter",
+                    name, block_align, channels, width)
+    return tag, channels, rate, width
+
+
+def _decode(buf: memoryview, tag: int, width: int) -> np.ndarray:
+    """Interleaved little-endian samples -> float32 on the int16 scale."""
+    if tag == _FLOAT:
+        return (np.frombuffer(buf, "<f4" if width == 4 else "<f8") * 32768).astype(np.float32)
+    if width == 1:  # 8-bit WAV is unsigned, centred on 128
+        return (np.frombuffer(buf, np.uint8).astype(np.float32) - 128) * 256
+    if width == 2:
+        return np.frombuffer(buf, "<i2").astype(np.float32)
+    if width == 3:
+        # Put each 3-byte sample in the top of an int32 (low byte zero): value = x * 256.
+        quads = np.zeros((len(buf) // 3, 4), np.uint8)
+        quads[:, 1:] = np.frombuffer(buf, np.uint8).reshape(-1, 3)
+        return quads.view("<i4").ravel().astype(np.float32) / 65536
+    # Scaling by a power of two after the float32 cast rounds exactly like x / 65536 would.
+    return np.frombuffer(buf, "<i4").astype(np.float32) / 65536
+
+
+def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """Read a WAV file as (mono float32 samples on the int16 scale, sample rate).
+
+    Multi-channel audio is downmixed by averaging the channels.
+    """
+    name = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise AudioFileError(f"{name}: no such file") from None
+    except OSError as e:
+        raise AudioFileError(f"{name}: cannot read: {e.strerror or e}") from None
+    if not raw:
+        raise AudioFileError(f"{name}: empty file")
+    if raw[:4] in (b"RF64", b"BW64"):
+        raise AudioFileError(f"{name}: {raw[:4].decode()} (64-bit WAV) files are not supported")
+    if raw[:4] == b"RIFX":
+        raise AudioFileError(f"{name}: big-endian RIFX files are not supported")
+    if raw[:4] != b"RIFF":
+        raise AudioFileError(f"{name}: not a RIFF/WAVE file (starts with {raw[:4]!r})")
+    if len(raw) < 12:
+        raise AudioFileError(f"{name}: RIFF header truncated ({len(raw)} bytes, expected 12)")
+    if raw[8:12] != b"WAVE":
+        raise AudioFileError(f"{name}: not a RIFF/WAVE file (RIFF form type {raw[8:12]!r})")
+
+    view = memoryview(raw)
+    fmt = None
+    pos = 12  # the RIFF size field is ignored: streaming writers leave it wrong
+    while pos + 8 <= len(raw):
+        cid, size = struct.unpack_from("<4sI", raw, pos)
+        pos += 8
+        if cid == b"fmt ":
+            if pos + size > len(raw):
+                raise AudioFileError(f"{name}: fmt chunk truncated: header says {size} bytes, "
+                                     f"file has {len(raw) - pos}")
+            fmt = _parse_fmt(name, raw[pos:pos + size])
+        elif cid == b"data":
+            if fmt is None:
+                raise AudioFileError(f"{name}: data chunk before any fmt chunk")
+            return _read_data(name, view[pos:], size, *fmt)
+        pos += size + (size & 1)  # chunks are padded to an even length
+    raise AudioFileError(f"{name}: no {'data' if fmt else 'fmt'} chunk")
+
+
+def _read_data(name: str, rest: memoryview, size: int,
+               tag: int, channels: int, rate: int, width: int) -> tuple[np.ndarray, int]:
+    frame = channels * width
+    if size in _UNKNOWN_SIZES:
+        size = len(rest)
+    elif size > len(rest):
+        if len(rest) % frame:
+            raise AudioFileError(
+                f"{name}: data chunk truncated: header says {size} bytes, file has {len(rest)}")
+        log.warning("%s: data chunk truncated: header says %d bytes, file has %d; reading %d frames",
+                    name, size, len(rest), len(rest) // frame)
+        size = len(rest)
+    if size % frame:
+        log.warning("%s: dropping %d trailing bytes of a partial frame", name, size % frame)
+        size -= size % frame
+    samples = _decode(rest[:size], tag, width)
+    if channels > 1:
+        samples = samples.reshape(-1, channels).mean(axis=1, dtype=np.float32)
+    return samples, rate
+
+
+def resample(samples: np.ndarray, from_rate: int, to_rate: int = 16000) -> np.ndarray:
+    """Resample float32 samples with soxr (HQ); returns the input unchanged if rates match."""
+    if from_rate == to_rate:
+        return samples
+    if from_rate <= 0 or to_rate <= 0:
+        raise ValueError(f"sample rates must be positive, got {from_rate} -> {to_rate}")
+    return soxr.resample(np.asarray(samples, np.float32), from_rate, to_rate, quality="HQ")
+
+
+def load_audio(path: str | os.PathLike, target_rate: int = 16000) -> np.ndarray:
+    """Read a WAV file as mono float32 samples on the int16 scale at ``target_rate``."""
+    samples, rate = read_wav(path)
+    return resample(samples, rate, target_rate)

@@ -1,0 +1,281 @@
+"""Tests for agent.audio_file: WAV files are built byte by byte here, independent of the reader."""
+import logging
+import struct
+import uuid
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agent.audio_file import AudioFileError, load_audio, read_wav, resample
+
+PCM, FLOAT, ALAW, MP3, EXTENSIBLE = 0x0001, 0x0003, 0x0006, 0x0055, 0xFFFE
+
+
+def subformat_guid(tag):
+    """KSDATAFORMAT_SUBTYPE_* GUID as stored in the file (little-endian fields)."""
+    return uuid.UUID(f"{tag:08x}-0000-0010-8000-00aa00389b71").bytes_le
+
+
+def chunk(cid, body):
+    return cid + struct.pack("<I", len(body)) + body + (b"\0" if len(body) % 2 else b"")
+
+
+def fmt_chunk(tag=PCM, channels=1, rate=16000, bits=16, sub=None):
+    block = channels * ((bits + 7) // 8)
+    body = struct.pack("<HHIIHH", tag, channels, rate, rate * block, block, bits)
+    if tag == EXTENSIBLE:
+        body += struct.pack("<HHI", 22, bits, (1 << channels) - 1) + subformat_guid(sub)
+    elif tag != PCM:
+        body += struct.pack("<H", 0)  # cbSize
+    return chunk(b"fmt ", body)
+
+
+def riff(*chunks, riff_size=None):
+    body = b"WAVE" + b"".join(chunks)
+    return b"RIFF" + struct.pack("<I", len(body) if riff_size is None else riff_size) + body
+
+
+def wav(payload, before=(), **fmt):
+    return riff(fmt_chunk(**fmt), *before, chunk(b"data", payload))
+
+
+@pytest.fixture
+def write(tmp_path):
+    def write(data, name="clip.wav"):
+        path = tmp_path / name
+        path.write_bytes(data)
+        return path
+    return write
+
+
+def i16(values):
+    return np.asarray(values, "<i2").tobytes()
+
+
+def i24(values):
+    return b"".join(struct.pack("<i", v)[:3] for v in values)
+
+
+# --- sample formats and their scale -------------------------------------------------------
+
+SCALE_CASES = {
+    "u8": (bytes([0, 1, 128, 200, 255]), dict(bits=8), [-32768, -32512, 0, 18432, 32512]),
+    "s16": (i16([-32768, -1, 0, 1, 32767]), dict(bits=16), [-32768, -1, 0, 1, 32767]),
+    "s24": (i24([-8388608, -1, 0, 256, 8388607]), dict(bits=24),
+            [-32768, -1 / 256, 0, 1, 8388607 / 256]),
+    "s32": (np.array([-2**31, -65536, 0, 65536, 32768, 2**31 - 65536], "<i4").tobytes(),
+            dict(bits=32), [-32768, -1, 0, 1, 0.5, 32767]),
+    "f32": (np.array([-1.0, -0.5, 0, 1 / 32768, 0.25, 1.0], "<f4").tobytes(),
+            dict(tag=FLOAT, bits=32), [-32768, -16384, 0, 1, 8192, 32768]),
+    "f64": (np.array([-1.0, -0.5, 0, 1 / 32768, 0.25, 1.0], "<f8").tobytes(),
+            dict(tag=FLOAT, bits=64), [-32768, -16384, 0, 1, 8192, 32768]),
+    "ext-s16": (i16([-32768, 5, 32767]), dict(tag=EXTENSIBLE, sub=PCM, bits=16), [-32768, 5, 32767]),
+    "ext-s24": (i24([-8388608, 512, 8388607]), dict(tag=EXTENSIBLE, sub=PCM, bits=24),
+                [-32768, 2, 8388607 / 256]),
+    "ext-f32": (np.array([-1.0, 0.5, 2 / 32768], "<f4").tobytes(),
+                dict(tag=EXTENSIBLE, sub=FLOAT, bits=32), [-32768, 16384, 2]),
+    "ext-f64": (np.array([0.125, -1.0], "<f8").tobytes(),
+                dict(tag=EXTENSIBLE, sub=FLOAT, bits=64), [4096, -32768]),
+}
+
+
+@pytest.mark.parametrize("case", SCALE_CASES)
+def test_sample_scale_is_int16_range(write, case):
+    payload, fmt, expected = SCALE_CASES[case]
+    samples, rate = read_wav(write(wav(payload, rate=22050, **fmt)))
+    assert rate == 22050
+    assert samples.dtype == np.float32 and samples.ndim == 1
+    np.testing.assert_array_equal(samples, np.array(expected, np.float32))
+
+
+def test_path_may_be_str(write):
+    samples, _ = read_wav(str(write(wav(i16([7, -7])))))
+    np.testing.assert_array_equal(samples, [7, -7])
+
+
+def test_stereo_is_averaged(write):
+    frames = i16([100, 300, -200, 0, 32767, 32767])  # interleaved L R
+    samples, _ = read_wav(write(wav(frames, channels=2)))
+    np.testing.assert_array_equal(samples, [200, -100, 32767])
+
+
+@pytest.mark.parametrize("fmt", [dict(bits=16), dict(bits=24), dict(tag=FLOAT, bits=32),
+                                 dict(tag=EXTENSIBLE, sub=PCM, bits=16)])
+def test_six_channels_are_averaged(write, fmt):
+    frames = np.array([[0, 6, 12, 18, 24, 30], [-60, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 7]])
+    if fmt.get("bits") == 24:
+        payload = i24((frames.ravel() * 256).tolist())
+    elif fmt.get("tag") == FLOAT:
+        payload = (frames.ravel() / 32768).astype("<f4").tobytes()
+    else:
+        payload = i16(frames.ravel())
+    samples, _ = read_wav(write(wav(payload, channels=6, **fmt)))
+    np.testing.assert_allclose(samples, [15, -10, 2], rtol=0, atol=1e-5)
+
+
+# --- resampling ---------------------------------------------------------------------------
+
+def sine(rate, freq=440.0, seconds=1.0):
+    t = np.arange(int(rate * seconds)) / rate
+    return np.round(10000 * np.sin(2 * np.pi * freq * t)).astype("<i2")
+
+
+def dominant_freq(samples, rate):
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
+    return np.argmax(spectrum) * rate / len(samples)
+
+
+@pytest.mark.parametrize("rate", [8000, 22050, 44100, 48000])
+def test_resampled_to_16k_keeps_length_and_pitch(write, rate):
+    tone = sine(rate)
+    out = load_audio(write(wav(tone.tobytes(), rate=rate)))
+    assert out.dtype == np.float32 and out.ndim == 1
+    assert abs(len(out) - len(tone) * 16000 / rate) <= 1
+    assert abs(dominant_freq(out, 16000) - 440) <= 16000 / len(out)
+    # amplitude survives (soxr HQ passband is flat at 440 Hz)
+    assert 9500 < np.abs(out[len(out) // 4: -len(out) // 4]).max() < 10500
+
+
+def test_16k_input_is_not_resampled(write):
+    tone = sine(16000, seconds=0.1)
+    np.testing.assert_array_equal(load_audio(write(wav(tone.tobytes()))), tone.astype(np.float32))
+
+
+def test_resample_noop_returns_input():
+    x = np.arange(10, dtype=np.float32)
+    assert resample(x, 16000) is x
+    assert resample(x, 8000, 8000) is x
+
+
+def test_resample_custom_target_and_empty():
+    assert len(resample(np.zeros(4410, np.float32), 44100, 8000)) == 800
+    assert resample(np.zeros(0, np.float32), 44100).shape == (0,)
+    with pytest.raises(ValueError):
+        resample(np.zeros(4, np.float32), 0)
+
+
+# --- chunk layout ---------------------------------------------------------------------------
+
+def test_list_and_odd_sized_chunks_are_skipped(write):
+    list_chunk = chunk(b"LIST", b"INFOISFT" + struct.pack("<I", 5) + b"Lavf\0")  # odd, padded
+    junk = chunk(b"junk", b"abc")  # odd size: pad byte follows
+    fact = chunk(b"fact", struct.pack("<I", 3))
+    data = riff(chunk(b"JUNK", b"x" * 7), fmt_chunk(bits=8), list_chunk, junk, fact,
+                chunk(b"data", bytes([0, 128, 255])),  # odd data chunk, padded
+                chunk(b"LIST", b"INFOICMT" + struct.pack("<I", 2) + b"hi"))
+    samples, rate = read_wav(write(data))
+    assert rate == 16000
+    np.testing.assert_array_equal(samples, [-32768, 0, 32512])
+
+
+@pytest.mark.parametrize("size", [0, 0xFFFFFFFF])
+def test_streaming_data_size_reads_rest_of_file(write, size):
+    payload = i16(range(-50, 50))
+    data = (riff(fmt_chunk(), riff_size=0xFFFFFFFF)
+            + b"data" + struct.pack("<I", size) + payload)
+    samples, _ = read_wav(write(data))
+    np.testing.assert_array_equal(samples, np.arange(-50, 50))
+
+
+def test_truncated_data_with_whole_frames_is_read_with_warning(write, caplog):
+    payload = i16(range(500))
+    data = riff(fmt_chunk()) + b"data" + struct.pack("<I", 320000) + payload
+    with caplog.at_level(logging.WARNING, logger="agent.audio_file"):
+        samples, _ = read_wav(write(data))
+    np.testing.assert_array_equal(samples, np.arange(500))
+    assert "truncated" in caplog.text and "320000" in caplog.text
+
+
+def test_truncated_data_mid_frame_is_an_error(write):
+    data = riff(fmt_chunk(channels=2)) + b"data" + struct.pack("<I", 320000) + b"\0" * 1002
+    with pytest.raises(AudioFileError,
+                       match=r"/clip\.wav: data chunk truncated: header says 320000 bytes, file has 1002"):
+        read_wav(write(data))
+
+
+def test_partial_trailing_frame_of_streamed_file_is_dropped(write, caplog):
+    data = riff(fmt_chunk()) + b"data" + struct.pack("<I", 0xFFFFFFFF) + i16([1, 2, 3]) + b"\x01"
+    with caplog.at_level(logging.WARNING, logger="agent.audio_file"):
+        samples, _ = read_wav(write(data))
+    np.testing.assert_array_equal(samples, [1, 2, 3])
+    assert "partial frame" in caplog.text
+
+
+def test_empty_data_chunk(write):
+    samples, rate = read_wav(write(wav(b"", channels=2)))
+    assert samples.shape == (0,) and samples.dtype == np.float32 and rate == 16000
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+ERROR_CASES = {
+    "empty": (b"", r"empty file"),
+    "not-riff": (b"ID3\x03\0\0\0\0\0\0" + b"\xff" * 100, r"not a RIFF/WAVE file \(starts with b'ID3\\x03'\)"),
+    "riff-avi": (b"RIFF\x04\0\0\0AVI ", r"not a RIFF/WAVE file \(RIFF form type b'AVI '\)"),
+    "mp3": (wav(b"\0" * 10, tag=MP3), r"unsupported WAVE format tag 0x0055 \(expected PCM 1, IEEE float 3"),
+    "alaw": (wav(b"\0" * 10, tag=ALAW, bits=8), r"unsupported WAVE format tag 0x0006"),
+    "ext-alaw": (wav(b"\0" * 10, tag=EXTENSIBLE, sub=ALAW, bits=8),
+                 r"unsupported EXTENSIBLE subformat 00000006-0000-0010-8000-00aa00389b71"),
+    "rf64": (b"RF64\xff\xff\xff\xffWAVEds64" + b"\0" * 40, r"RF64 .*not supported"),
+    "no-data": (riff(fmt_chunk(), chunk(b"LIST", b"INFO")), r"no data chunk"),
+    "no-fmt": (riff(chunk(b"LIST", b"INFO")), r"no fmt chunk"),
+    "data-before-fmt": (riff(chunk(b"data", b"\0\0"), fmt_chunk()), r"data chunk before any fmt"),
+    "riff-header-cut": (b"RIFF\x24\0", r"RIFF header truncated \(6 bytes"),
+    "fmt-cut": (riff(fmt_chunk())[:30], r"fmt chunk truncated: header says 16 bytes, file has 10"),
+    "fmt-short": (riff(chunk(b"fmt ", b"\x01\0\x01\0"), chunk(b"data", b"")), r"fmt chunk too short"),
+    "zero-channels": (wav(b"", channels=0), r"header says 0 channels"),
+    "zero-rate": (wav(b"\0\0", rate=0), r"header says sample rate 0"),
+    "pcm-64": (wav(b"\0" * 16, bits=64), r"unsupported 64-bit PCM"),
+    "float-16": (wav(b"\0" * 16, tag=FLOAT, bits=16), r"unsupported 16-bit IEEE float"),
+    "rifx": (b"RIFX\0\0\0\x24WAVE", r"big-endian RIFX"),
+}
+
+
+@pytest.mark.parametrize("case", ERROR_CASES)
+def test_errors_name_file_and_problem(write, case):
+    data, pattern = ERROR_CASES[case]
+    with pytest.raises(AudioFileError, match=r"^\S*/clip\.wav: " + pattern) as err:
+        read_wav(write(data))
+    assert "\n" not in str(err.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(AudioFileError, match=r"/missing\.wav: no such file$"):
+        load_audio(tmp_path / "missing.wav")
+
+
+def test_directory_is_an_error(tmp_path):
+    with pytest.raises(AudioFileError, match="cannot read"):
+        read_wav(tmp_path)
+
+
+# --- properties -----------------------------------------------------------------------------
+
+HC = [HealthCheck.function_scoped_fixture]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=HC)
+@given(st.lists(st.integers(-32768, 32767), max_size=3000))
+def test_int16_round_trips_exactly(write, values):
+    samples, rate = read_wav(write(wav(i16(values))))
+    assert rate == 16000 and samples.dtype == np.float32
+    np.testing.assert_array_equal(samples, np.array(values, np.float32))
+    assert load_audio(write(wav(i16(values)))).tolist() == [float(v) for v in values]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=HC)
+@given(st.lists(st.integers(-2**23, 2**23 - 1), max_size=500))
+def test_int24_is_exactly_value_over_256(write, values):
+    samples, _ = read_wav(write(wav(i24(values), bits=24)))
+    np.testing.assert_array_equal(samples, np.array(values, np.float64) / 256)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=HC)
+@given(st.integers(1, 8), st.lists(st.integers(-32768, 32767), max_size=400))
+def test_downmix_is_channel_mean(write, channels, values):
+    values = values[: len(values) // channels * channels]
+    samples, _ = read_wav(write(wav(i16(values), channels=channels)))
+    expected = np.array(values, np.float64).reshape(-1, channels).mean(axis=1)
+    np.testing.assert_allclose(samples, expected, rtol=0, atol=1e-2)
