@@ -1,0 +1,34 @@
+"""Exit codes and the errors that map onto them.
+
+Every error a user can cause carries a one-line message naming the file, key or value at fault
+and what was expected; the CLI prints that line and exits with the code below, never a traceback.
+"""
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # the command ran, but some inputs failed (e.g. one bad WAV in a batch)
+EXIT_USAGE = 2  # wrong command-line usage (argparse uses 2 as well)
+EXIT_NOINPUT = 66  # sysexits EX_NOINPUT: the model directory is missing, incomplete or corrupt
+EXIT_SOFTWARE = 70  # sysexits EX_SOFTWARE: an internal error (a bug): please report it
+EXIT_CONFIG = 78  # sysexits EX_CONFIG: the configuration is invalid
+
+
+class AgentError(Exception):
+    """An error with a one-line, user-facing message and the exit code it maps to."""
+
+    exit_code = EXIT_FAILED
+
+
+class ConfigError(AgentError):
+    exit_code = EXIT_CONFIG
+
+    def __init__(self, problems):
+        if isinstance(problems, str):
+            problems = [problems]
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+class ModelError(AgentError):
+    """The model directory is missing a file, has a file of the wrong shape, or is corrupt."""
+
+    exit_code = EXIT_NOINPUT
