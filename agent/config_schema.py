@@ -1,0 +1,176 @@
+"""Turn parsed YAML into typed settings dataclasses, collecting every problem with its key and line.
+
+Each settings class is a dataclass whose fields carry `metadata` with a `doc` string and, where it
+applies, `min`/`max` bounds or a tuple of `choices`. Unknown keys are errors, like in Frigate's and
+wyoming-satellite's settings: a typo must never be silently ignored.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agent.errors import ConfigError
+
+
+def setting(default, doc: str, *, min=None, max=None, choices=None):  # noqa: A002 - mirrors the YAML words
+    """A dataclass field with its documentation and bounds (list/dict defaults are copied per instance)."""
+    meta = {"doc": doc, "min": min, "max": max, "choices": choices}
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def section(cls, doc: str):
+    """A nested settings section (another dataclass), defaulting to its own defaults."""
+    return dataclasses.field(default_factory=cls, metadata={"doc": doc})
+
+
+class _Lines:
+    """Line numbers of keys in the YAML source, addressed by dotted path."""
+
+    def __init__(self, source: str | None):
+        self.by_path: dict[str, int] = {}
+        if source:
+            try:
+                node = yaml.compose(source, Loader=yaml.SafeLoader)
+            except yaml.YAMLError:
+                node = None
+            if node is not None:
+                self._walk(node, "")
+
+    def _walk(self, node, prefix):
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                path = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
+                self.by_path[path] = key_node.start_mark.line + 1
+                self._walk(value_node, path)
+
+    def where(self, path: str) -> str:
+        line = self.by_path.get(path)
+        return f" (line {line})" if line else ""
+
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}s"
+    if origin is dict:
+        return "a mapping of strings"
+    if origin is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _type_name(args[0]) + " or null"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _convert(tp, value, path, problems, lines):
+    """Check `value` against the type `tp`; return the converted value or append a problem."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        if value is None and type(None) in typing.get_args(tp):
+            return None
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        origin = typing.get_origin(tp)
+    ok = True
+    if origin is list:
+        if not isinstance(value, list):
+            ok = False
+        else:
+            (item_tp,) = typing.get_args(tp)
+            return [_convert(item_tp, v, f"{path}[{i}]", problems, lines) for i, v in enumerate(value)]
+    elif origin is dict:
+        ok = isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+    elif tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif tp is str:
+        ok = isinstance(value, str)
+    if not ok:
+        problems.append(f"{path}{lines.where(path)}: expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _check_bounds(meta, value, path, problems, lines):
+    lo, hi, choices = meta.get("min"), meta.get("max"), meta.get("choices")
+    values = value if isinstance(value, list) else [value]
+    for v in values:
+        if choices is not None and v not in choices:
+            allowed = ", ".join(map(str, choices))
+            problems.append(f"{path}{lines.where(path)}: {v!r} is not one of: {allowed}")
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if (lo is not None and v < lo) or (hi is not None and v > hi):
+                bounds = f"from {lo} to {hi}" if lo is not None and hi is not None else (
+                    f"at least {lo}" if lo is not None else f"at most {hi}")
+                problems.append(f"{path}{lines.where(path)}: {v!r} is out of range (allowed: {bounds})")
+
+
+def build(cls, data: Any, *, path: str = "", problems: list | None = None, lines: _Lines | None = None):
+    """Build the dataclass `cls` from a mapping, recording problems instead of stopping at the first."""
+    problems = [] if problems is None else problems
+    lines = lines or _Lines(None)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        problems.append(f"{path or 'top level'}{lines.where(path)}: expected a mapping of settings, got {data!r}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            key_path = f"{path}.{key}" if path else str(key)
+            known = ", ".join(sorted(fields))
+            problems.append(f"{key_path}{lines.where(key_path)}: unknown key (known keys here: {known})")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in data:
+            continue
+        key_path = f"{path}.{name}" if path else name
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = build(tp, data[name], path=key_path, problems=problems, lines=lines)
+            continue
+        before = len(problems)
+        value = _convert(tp, data[name], key_path, problems, lines)
+        if len(problems) == before:
+            _check_bounds(f.metadata, value, key_path, problems, lines)
+        kwargs[name] = value
+    obj = cls(**{k: v for k, v in kwargs.items()})
+    check = getattr(obj, "check", None)
+    if check is not None and len(problems) == 0:
+        for where, message in check():
+            full = f"{path}.{where}" if path else where
+            problems.append(f"{full}{lines.where(full)}: {message}")
+    return obj
+
+
+def load_settings(cls, path: str | Path | None):
+    """Read and validate a YAML file into `cls`; raise ConfigError listing every problem."""
+    if path is None:
+        return cls()
+    path = Path(path)
+    try:
+        source = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(source)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    problems: list[str] = []
+    settings = build(cls, data, problems=problems, lines=_Lines(source))
+    if problems:
+        raise ConfigError([f"{path}: {p}" for p in problems])
+    return settings

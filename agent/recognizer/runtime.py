@@ -1,0 +1,101 @@
+"""ONNX Runtime sessions: which package is installed, which providers load, and in which order."""
+
+from __future__ import annotations
+
+import logging
+from importlib import metadata
+from pathlib import Path
+from typing import List, Tuple
+
+from agent.errors import ModelError
+from agent.settings import RecognizerSettings
+
+log = logging.getLogger(__name__)
+
+EP_NAMES = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
+# All of these install the same `onnxruntime` module; two at once overwrite each other's files.
+RUNTIME_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino",
+                         "onnxruntime-qnn", "onnxruntime-training")
+
+
+def installed_runtimes() -> List[str]:
+    found = []
+    for name in RUNTIME_DISTRIBUTIONS:
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def import_onnxruntime():
+    runtimes = installed_runtimes()
+    if len(runtimes) > 1:
+        log.warning("several ONNX Runtime packages are installed (%s); they overwrite each other's files: "
+                    "pip uninstall -y %s, then install one ('stt-agent[cpu]' or 'stt-agent[gpu]')",
+                    ", ".join(runtimes), " ".join(r.split()[0] for r in runtimes))
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise ModelError("ONNX Runtime is not installed: pip install 'stt-agent[cpu]' (or 'stt-agent[gpu]' on a "
+                         f"CUDA/Jetson box) ({exc})") from None
+    return onnxruntime, (runtimes[0] if runtimes else f"onnxruntime {onnxruntime.__version__}")
+
+
+def provider_options(name: str, settings: RecognizerSettings) -> dict:
+    if name == "tensorrt":
+        trt = settings.tensorrt
+        return {"device_id": trt.device_id, "trt_fp16_enable": trt.fp16, "trt_engine_cache_enable": True,
+                "trt_engine_cache_path": trt.engine_cache_dir, "trt_timing_cache_enable": True,
+                "trt_timing_cache_path": trt.engine_cache_dir,
+                "trt_max_workspace_size": trt.workspace_mb * 1024 * 1024}
+    if name == "cuda":
+        return {"device_id": settings.cuda.device_id}
+    return {}
+
+
+def device_kind(settings: RecognizerSettings) -> str:
+    """Where the model will most likely run, for picking the model file before the session exists."""
+    ort, _ = import_onnxruntime()
+    available = set(ort.get_available_providers())
+    for name in settings.providers:
+        if EP_NAMES[name] in available:
+            return "cpu" if name == "cpu" else "gpu"
+    return "cpu"
+
+
+def create_session(path: Path, settings: RecognizerSettings) -> Tuple[object, str, str]:
+    """Load `path` with the first provider that works; return (session, provider, package)."""
+    ort, package = import_onnxruntime()
+    available = ort.get_available_providers()
+    chain = []
+    for name in settings.providers:
+        ep = EP_NAMES[name]
+        if ep in available:
+            chain.append((ep, provider_options(name, settings)))
+        else:
+            log.warning("provider %s is not in this ONNX Runtime build (%s offers %s); trying the next one",
+                        name, package, ", ".join(available))
+    if not chain:
+        raise ModelError(f"none of the configured providers ({', '.join(settings.providers)}) is available in "
+                         f"{package}; add cpu to recognizer.providers or install 'stt-agent[gpu]'")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = settings.cpu.threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3  # ORT's own warnings are noise for operators; failures are reported below
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=[ep for ep, _ in chain],
+                                       provider_options=[opts for _, opts in chain])
+    except Exception as exc:  # ORT raises its own pybind types (InvalidProtobuf, Fail, ...)
+        size = path.stat().st_size if path.exists() else 0
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{path}: cannot load the ONNX model ({size} bytes; corrupt or truncated? download it "
+                         f"again): {first_line[:300]}") from None
+    loaded = session.get_providers()
+    for ep, _ in chain:
+        if ep not in loaded:
+            log.warning("provider %s failed to load (its libraries, e.g. CUDA, cuDNN or TensorRT, are missing or "
+                        "do not match %s); trying the next one", ep, package)
+    used = next(name for name, ep in EP_NAMES.items() if ep == loaded[0])
+    return session, used, package

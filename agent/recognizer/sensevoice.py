@@ -1,0 +1,105 @@
+"""SenseVoiceSmall on ONNX Runtime: audio in; text, tags, probabilities and token times out."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from agent.errors import ModelError
+from agent.recognizer.decoding import Decoder, DecodeOptions, decode_batch
+from agent.recognizer.frontend import SAMPLE_RATE, Frontend
+from agent.recognizer.model_dir import load_vocabulary, locate, read_contract
+from agent.recognizer.result import Recognition
+from agent.recognizer.runtime import create_session, device_kind
+from agent.settings import RecognizerSettings
+
+log = logging.getLogger(__name__)
+_NUMPY_INT = {"tensor(int32)": np.int32, "tensor(int64)": np.int64}
+
+
+def default_options(settings: RecognizerSettings) -> DecodeOptions:
+    return DecodeOptions(language=settings.language, allowed_languages=tuple(settings.allowed_languages),
+                         use_itn=settings.use_itn, allow_emo_unknown=settings.allow_emo_unknown,
+                         emotion_map={k.lower(): v for k, v in settings.emotion_map.items()})
+
+
+class SenseVoiceRecognizer:
+    sample_rate = SAMPLE_RATE
+
+    def __init__(self, settings: RecognizerSettings):
+        started = time.perf_counter()
+        files = locate(settings.model_dir, settings.precision, device_kind(settings))
+        vocab = load_vocabulary(files)  # before the session: a bad side file fails in milliseconds
+        self._session, provider, package = create_session(files.onnx, settings)
+        inputs = {i.name: i for i in self._session.get_inputs()}
+        outputs = [o.name for o in self._session.get_outputs()]
+        metadata = self._session.get_modelmeta().custom_metadata_map
+        self.contract = contract = read_contract(files, list(inputs), outputs, metadata)
+        self._io = contract.io
+        self._int_types = {k: _NUMPY_INT.get(inputs[contract.io[k]].type, np.int32)
+                           for k in ("lengths", "language", "text_norm")}
+        vocab_dim = self._session.get_outputs()[outputs.index(contract.io["logits"])].shape[-1]
+        if isinstance(vocab_dim, int) and vocab_dim != len(vocab):
+            raise ModelError(f"{files.tokens}: {len(vocab)} tokens, but {files.onnx.name} outputs {vocab_dim} "
+                             "classes (tokens and model come from different exports?)")
+        self.frontend = Frontend(contract.frontend)
+        self.decoder = Decoder(vocab, contract.frontend.seconds_per_frame, contract.blank_id)
+        self.defaults = default_options(settings)
+        self._check_languages(self.defaults)
+        self.info = {"model_dir": str(files.directory), "model_file": files.onnx.name, "flavour": files.flavour,
+                     "precision": files.precision, "provider": provider, "runtime": package,
+                     "random_init": metadata.get("random_init") == "1"}
+        self.info["load_ms"] = round((time.perf_counter() - started) * 1000, 1)
+        if settings.warmup:
+            warm = time.perf_counter()
+            self.recognize(np.zeros(SAMPLE_RATE, np.float32))
+            self.info["warmup_ms"] = round((time.perf_counter() - warm) * 1000, 1)
+        log.info("model %s (%s, %s) loaded on %s with %s in %.0f ms", files.onnx, files.flavour, files.precision,
+                 provider, package, self.info["load_ms"])
+        if self.info["random_init"]:
+            log.warning("%s has RANDOM weights (built for benchmarks): its text is meaningless", files.onnx)
+
+    def _check_languages(self, options: DecodeOptions):
+        known = set(self.contract.language_ids) - {"auto"}
+        for code in (options.language, *options.allowed_languages):
+            if code != "auto" and code not in known:
+                raise ModelError(f"language {code!r} is not one this model knows ({', '.join(sorted(known))})")
+
+    def options(self, **changes) -> DecodeOptions:
+        """The default options with some changed (validated against the model's languages)."""
+        options = DecodeOptions(**{**self.defaults.__dict__, **changes})
+        self._check_languages(options)
+        return options
+
+    def recognize(self, samples: np.ndarray, options: Optional[DecodeOptions] = None,
+                  offset: float = 0.0) -> Recognition:
+        """One utterance: float samples at 16 kHz on the int16 scale."""
+        return self.recognize_batch([samples], options, [offset])[0]
+
+    def recognize_batch(self, segments: Sequence[np.ndarray], options: Optional[DecodeOptions] = None,
+                        offsets: Optional[Sequence[float]] = None) -> List[Recognition]:
+        """Several utterances in one session run (zero-padded, with true lengths)."""
+        options = options or self.defaults
+        features = [self.frontend.features(s) for s in segments]
+        lengths = np.array([f.shape[0] for f in features])
+        if len(features) == 1:
+            batch = features[0][None]
+        else:
+            batch = np.zeros((len(features), lengths.max(), features[0].shape[1]), np.float32)
+            for i, f in enumerate(features):
+                batch[i, : f.shape[0]] = f
+        n = len(features)
+        language = self.contract.language_ids[options.language]
+        text_norm = self.contract.itn_ids[0 if options.use_itn else 1]
+        io, types = self._io, self._int_types
+        (logits,) = self._session.run([io["logits"]], {
+            io["features"]: batch,
+            io["lengths"]: lengths.astype(types["lengths"]),
+            io["language"]: np.full(n, language, types["language"]),
+            io["text_norm"]: np.full(n, text_norm, types["text_norm"]),
+        })
+        durations = [len(s) / SAMPLE_RATE for s in segments]
+        return decode_batch(self.decoder, logits, lengths + 4, options, durations, offsets)

@@ -1,0 +1,82 @@
+"""Typed settings, one dataclass per part, validated once at start (see config_schema).
+
+The shipped config.yaml documents the same keys; `doc` strings here are the source of truth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List
+
+from agent.config_schema import load_settings, section, setting
+
+PROVIDERS = ("tensorrt", "cuda", "cpu")
+PRECISIONS = ("auto", "int8", "fp32", "fp16")
+# The released SenseVoiceSmall understands these languages only (research papers say 50+).
+LANGUAGES = ("zh", "en", "yue", "ja", "ko")
+MODEL_EMOTIONS = ("happy", "sad", "angry", "neutral", "fearful", "disgusted", "surprised", "emo_unknown")
+
+
+@dataclass
+class CpuSettings:
+    threads: int = setting(2, "Intra-op threads for the CPU execution provider.", min=1, max=64)
+
+
+@dataclass
+class CudaSettings:
+    device_id: int = setting(0, "CUDA device index.", min=0, max=63)
+
+
+@dataclass
+class TensorRTSettings:
+    fp16: bool = setting(True, "Let TensorRT run layers in fp16 (Jetson's fast path).")
+    engine_cache_dir: str = setting(
+        "/var/cache/stt-agent/tensorrt",
+        "Where built TensorRT engines are kept; building one takes minutes, loading it seconds.")
+    workspace_mb: int = setting(2048, "TensorRT builder workspace in MiB.", min=64, max=65536)
+    device_id: int = setting(0, "CUDA device index.", min=0, max=63)
+
+
+@dataclass
+class RecognizerSettings:
+    model_dir: str = setting("models/sensevoice-small-int8", "Model directory (either public ONNX export).")
+    precision: str = setting(
+        "auto", "Which model file to load: auto picks int8 on CPU and fp16/fp32 on GPU.", choices=PRECISIONS)
+    providers: List[str] = setting(
+        ["cpu"], "Execution providers to try, in order; the first that loads is used.", choices=PROVIDERS)
+    cpu: CpuSettings = section(CpuSettings, "CPU provider options.")
+    cuda: CudaSettings = section(CudaSettings, "CUDA provider options.")
+    tensorrt: TensorRTSettings = section(TensorRTSettings, "TensorRT provider options.")
+    language: str = setting("auto", "A fixed language, or auto to detect it.", choices=("auto",) + LANGUAGES)
+    allowed_languages: List[str] = setting(
+        [], "With language auto: detect only among these (empty = all).", choices=LANGUAGES)
+    use_itn: bool = setting(True, "Inverse text normalisation: punctuation and digits in the text.")
+    allow_emo_unknown: bool = setting(
+        False, "Report EMO_UNKNOWN; when false the most likely real emotion is reported instead.")
+    emotion_map: Dict[str, str] = setting(
+        {}, "Map the model's emotions onto the avatar's own labels (model label -> avatar label); "
+            "scores of labels mapped together are summed. Unmapped labels keep their own name.")
+    warmup: bool = setting(True, "Run one decode at load so the first utterance is not slow.")
+
+    def check(self):
+        """Cross-field checks; yields (key, message)."""
+        if len(set(self.providers)) != len(self.providers):
+            yield "providers", f"lists a provider twice: {self.providers}"
+        if not self.providers:
+            yield "providers", "must list at least one provider (tensorrt, cuda, cpu)"
+        for label in self.emotion_map:
+            if label.lower() not in MODEL_EMOTIONS:
+                yield "emotion_map", (f"{label!r} is not a model emotion (expected one of: "
+                                      f"{', '.join(MODEL_EMOTIONS)})")
+        if self.language != "auto" and self.allowed_languages:
+            yield "allowed_languages", "only applies with language: auto"
+
+
+@dataclass
+class Settings:
+    recognizer: RecognizerSettings = section(RecognizerSettings, "The speech recognizer.")
+
+
+def load(path=None) -> Settings:
+    """Load and validate a config file (or the defaults when path is None)."""
+    return load_settings(Settings, path)
