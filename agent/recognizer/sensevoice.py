@@ -9,7 +9,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from agent.errors import ModelError
-from agent.recognizer.decoding import Decoder, DecodeOptions, decode_batch
+from agent.recognizer.decoding import PROMPT_FRAMES, Decoder, DecodeOptions, decode_batch
 from agent.recognizer.frontend import SAMPLE_RATE, Frontend
 from agent.recognizer.model_dir import load_vocabulary, locate, read_contract
 from agent.recognizer.result import Recognition
@@ -83,6 +83,12 @@ class SenseVoiceRecognizer:
                         offsets: Optional[Sequence[float]] = None) -> List[Recognition]:
         """Several utterances in one session run (zero-padded, with true lengths)."""
         options = options or self.defaults
+        logits, lengths = self.logits(segments, options)
+        durations = [len(s) / SAMPLE_RATE for s in segments]
+        return decode_batch(self.decoder, logits, lengths, options, durations, offsets)
+
+    def logits(self, segments: Sequence[np.ndarray], options: DecodeOptions):
+        """Raw model output (batch, frames, vocab) and each item's valid frame count (prompts included)."""
         features = [self.frontend.features(s) for s in segments]
         lengths = np.array([f.shape[0] for f in features])
         if len(features) == 1:
@@ -101,5 +107,4 @@ class SenseVoiceRecognizer:
             io["language"]: np.full(n, language, types["language"]),
             io["text_norm"]: np.full(n, text_norm, types["text_norm"]),
         })
-        durations = [len(s) / SAMPLE_RATE for s in segments]
-        return decode_batch(self.decoder, logits, lengths + 4, options, durations, offsets)
+        return logits, lengths + PROMPT_FRAMES

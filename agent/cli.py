@@ -1,0 +1,168 @@
+"""Command line: `stt-agent transcribe|model|check-config` (also `python -m agent`).
+
+Exit codes (agent/errors.py): 0 ok, 1 some inputs failed, 2 usage, 66 model unusable,
+70 internal error, 78 invalid configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+from agent import __version__
+from agent.errors import EXIT_FAILED, EXIT_OK, EXIT_SOFTWARE, AgentError
+
+log = logging.getLogger(__name__)
+CONFIG_ENV = "STT_AGENT_CONFIG"
+
+
+def _setup_logging(verbose: int):
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _load_settings(args):
+    from agent import settings
+
+    return settings.load(args.config or os.environ.get(CONFIG_ENV) or None)
+
+
+def _split(value: str):
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _apply_recognizer_flags(rec, args):
+    """Command-line flags override the config file."""
+    if args.model is not None:
+        rec.model_dir = args.model
+    if args.provider is not None:
+        rec.providers = _split(args.provider)
+    if args.precision is not None:
+        rec.precision = args.precision
+    if args.threads is not None:
+        rec.cpu.threads = args.threads
+    if args.language is not None:
+        rec.language = args.language
+    if args.allowed_languages is not None:
+        rec.allowed_languages = _split(args.allowed_languages)
+    if args.itn is not None:
+        rec.use_itn = args.itn
+
+
+def _recheck(settings_obj):
+    """Flags bypass the YAML loader, so validate the merged settings the same way."""
+    import dataclasses
+
+    from agent.config_schema import build
+    from agent.errors import ConfigError
+
+    problems = []
+    build(type(settings_obj), dataclasses.asdict(settings_obj), problems=problems)
+    if problems:
+        raise ConfigError([f"command line: {p}" for p in problems])
+
+
+def cmd_transcribe(args) -> int:
+    from agent.audio_file import AudioFileError, load_audio
+    from agent.recognizer import load_recognizer
+
+    settings = _load_settings(args)
+    rec_settings = settings.recognizer
+    _apply_recognizer_flags(rec_settings, args)
+    _recheck(settings)
+    rec_settings.warmup = False  # a batch tool: the first file is the warm-up, and waiting would only add time
+    recognizer = load_recognizer(rec_settings)
+    failed = 0
+    for path in args.files:
+        try:
+            samples = load_audio(path)
+        except AudioFileError as exc:
+            failed += 1
+            print(f"error: {exc}", file=sys.stderr)
+            if args.json:
+                print(json.dumps({"file": path, "error": str(exc)}, ensure_ascii=False), flush=True)
+            continue
+        started = time.perf_counter()
+        result = recognizer.recognize(samples)
+        decode_ms = (time.perf_counter() - started) * 1000
+        _print_result(path, result, decode_ms, args)
+    if failed:
+        print(f"error: {failed} of {len(args.files)} files failed", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _print_result(path, result, decode_ms, args):
+    if args.json:
+        record = {"file": path, **result.to_dict(tokens=True), "decode_ms": round(decode_ms, 1)}
+        print(json.dumps(record, ensure_ascii=False), flush=True)
+        return
+    print(f"{path}: [{result.language} {result.emotion} {result.event} conf={result.confidence:.2f} "
+          f"{decode_ms:.0f} ms] {result.text}", flush=True)
+    if args.tokens:
+        for token in result.tokens:
+            print(f"  {token.start:7.2f} {token.end:7.2f}  {token.prob:.2f}  {token.text}")
+
+
+def cmd_check_config(args) -> int:
+    path = args.config or os.environ.get(CONFIG_ENV) or "config.yaml"
+    from agent import settings
+
+    settings.load(path)
+    print(f"{path}: OK")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from agent import model_fetch
+
+    parser = argparse.ArgumentParser(prog="stt-agent", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"stt-agent {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    tr = sub.add_parser("transcribe", help="transcribe WAV files, one result per file")
+    tr.add_argument("files", nargs="+", metavar="FILE", help="WAV files (any rate, channels, int or float)")
+    tr.add_argument("--config", help=f"config file (default: ${CONFIG_ENV}, else built-in defaults)")
+    tr.add_argument("--model", help="model directory (overrides recognizer.model_dir)")
+    tr.add_argument("--provider", help="providers to try in order, e.g. cuda,cpu")
+    tr.add_argument("--precision", choices=("auto", "int8", "fp32", "fp16"))
+    tr.add_argument("--threads", type=int, help="CPU threads")
+    tr.add_argument("--language", help="fixed language (zh, en, yue, ja, ko) or auto")
+    tr.add_argument("--allowed-languages", metavar="LIST", help="with auto: detect only among these, e.g. zh,en")
+    itn = tr.add_mutually_exclusive_group()
+    itn.add_argument("--itn", dest="itn", action="store_true", default=None, help="punctuation and digits (default)")
+    itn.add_argument("--no-itn", dest="itn", action="store_false", help="plain words, no punctuation")
+    tr.add_argument("--json", action="store_true", help="one JSON line per file, with every field")
+    tr.add_argument("--tokens", action="store_true", help="also print each token with its start/end seconds")
+    tr.set_defaults(func=cmd_transcribe)
+
+    cc = sub.add_parser("check-config", help="validate a config file: exit 0, or 78 with the problems")
+    cc.add_argument("--config", help=f"config file (default: ${CONFIG_ENV}, else ./config.yaml)")
+    cc.set_defaults(func=cmd_check_config)
+
+    model_fetch.add_subparser(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return args.func(args)
+    except AgentError as exc:
+        for line in getattr(exc, "problems", None) or [str(exc)]:
+            print(f"error: {line}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception:  # a bug: keep the traceback for the report, but say what to do
+        log.exception("internal error")
+        print("error: internal error (a bug in stt-agent; please report it with the traceback above)",
+              file=sys.stderr)
+        return EXIT_SOFTWARE
