@@ -36,6 +36,7 @@ class _Lines:
 
     def __init__(self, source: str | None):
         self.by_path: dict[str, int] = {}
+        self.duplicates: list[str] = []  # "path (line N)" of keys given twice in one mapping
         if source:
             try:
                 node = yaml.compose(source, Loader=yaml.SafeLoader)
@@ -46,10 +47,19 @@ class _Lines:
 
     def _walk(self, node, prefix):
         if isinstance(node, yaml.MappingNode):
+            seen = set()
             for key_node, value_node in node.value:
                 path = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
-                self.by_path[path] = key_node.start_mark.line + 1
+                if path in seen:  # yaml.safe_load keeps the last one silently
+                    self.duplicates.append(f"{path} (line {key_node.start_mark.line + 1})")
+                seen.add(path)
+                self.by_path.setdefault(path, key_node.start_mark.line + 1)
                 self._walk(value_node, path)
+        elif isinstance(node, yaml.SequenceNode):  # list items: "providers[0]"
+            for i, item in enumerate(node.value):
+                path = f"{prefix}[{i}]"
+                self.by_path[path] = item.start_mark.line + 1
+                self._walk(item, path)
 
     def where(self, path: str) -> str:
         line = self.by_path.get(path)
@@ -59,7 +69,9 @@ class _Lines:
 def _type_name(tp) -> str:
     origin = typing.get_origin(tp)
     if origin is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}s"
+        item = typing.get_args(tp)[0]
+        plural = {int: "integers", float: "numbers", bool: "true/false values", str: "strings"}
+        return f"a list of {plural.get(item, item)}"
     if origin is dict:
         return "a mapping of strings"
     if origin is typing.Union:
@@ -117,6 +129,8 @@ def build(cls, data: Any, *, path: str = "", problems: list | None = None, lines
     """Build the dataclass `cls` from a mapping, recording problems instead of stopping at the first."""
     problems = [] if problems is None else problems
     lines = lines or _Lines(None)
+    before_own = len(problems)
+    nested = 0  # problems found inside nested sections: they do not stop this section's own checks
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -136,7 +150,9 @@ def build(cls, data: Any, *, path: str = "", problems: list | None = None, lines
         key_path = f"{path}.{name}" if path else name
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
+            before_nested = len(problems)
             kwargs[name] = build(tp, data[name], path=key_path, problems=problems, lines=lines)
+            nested += len(problems) - before_nested
             continue
         before = len(problems)
         value = _convert(tp, data[name], key_path, problems, lines)
@@ -145,7 +161,7 @@ def build(cls, data: Any, *, path: str = "", problems: list | None = None, lines
         kwargs[name] = value
     obj = cls(**{k: v for k, v in kwargs.items()})
     check = getattr(obj, "check", None)
-    if check is not None and len(problems) == 0:
+    if check is not None and len(problems) - before_own - nested == 0:
         for where, message in check():
             full = f"{path}.{where}" if path else where
             problems.append(f"{full}{lines.where(full)}: {message}")
@@ -161,16 +177,20 @@ def load_settings(cls, path: str | Path | None):
         source = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path} (line {line}): not UTF-8 text (byte 0x{exc.object[exc.start]:02x})") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
     try:
         data = yaml.safe_load(source)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} invalid YAML: {getattr(exc, 'problem', exc)}") from None
-    problems: list[str] = []
-    settings = build(cls, data, problems=problems, lines=_Lines(source))
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError(f"{path}{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    lines = _Lines(source)
+    problems: list[str] = [f"{d}: key given twice (YAML would silently keep the last one)" for d in lines.duplicates]
+    settings = build(cls, data, problems=problems, lines=lines)
     if problems:
         raise ConfigError([f"{path}: {p}" for p in problems])
     return settings

@@ -69,7 +69,8 @@ class RecognizerSettings:
                 yield "emotion_map", (f"{label!r} is not a model emotion (expected one of: "
                                       f"{', '.join(MODEL_EMOTIONS)})")
         if self.language != "auto" and self.allowed_languages:
-            yield "allowed_languages", "only applies with language: auto"
+            yield "allowed_languages", (f"{self.allowed_languages} only applies with language: auto "
+                                        f"(language is {self.language!r}); remove one of them")
 
 
 @dataclass
