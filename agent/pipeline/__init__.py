@@ -1,0 +1,1 @@
+"""The live pipeline: segmenter events -> decode scheduling -> result events."""

@@ -1,0 +1,198 @@
+"""The decode scheduler with a decoder the test holds and releases: ordering, skipping, speculation."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from agent.pipeline.scheduler import FINAL, PARTIAL, Scheduler
+
+TIMEOUT = 5.0
+
+
+class GatedDecoder:
+    """Each decode blocks until the test releases it; records what it was asked to decode."""
+
+    def __init__(self):
+        self.started = []  # audio lengths, in start order
+        self._gate = threading.Semaphore(0)
+        self._started = threading.Semaphore(0)
+
+    def __call__(self, audio):
+        self.started.append(len(audio))
+        self._started.release()
+        assert self._gate.acquire(timeout=TIMEOUT)
+        return f"text of {len(audio)}"
+
+    def wait_started(self, count=1):
+        for _ in range(count):
+            assert self._started.acquire(timeout=TIMEOUT), "no decode started"
+
+    def release(self, count=1):
+        for _ in range(count):
+            self._gate.release()
+
+
+class Collector:
+    def __init__(self):
+        self.done = []
+        self._cond = threading.Condition()
+
+    def __call__(self, done):
+        with self._cond:
+            self.done.append(done)
+            self._cond.notify_all()
+
+    def wait_for(self, count):
+        with self._cond:
+            assert self._cond.wait_for(lambda: len(self.done) >= count, TIMEOUT), self.done
+        return self.done
+
+
+@pytest.fixture
+def parts():
+    decoder, out = GatedDecoder(), Collector()
+    scheduler = Scheduler(decoder, out, partial_interval_s=0.0)
+    scheduler.start()
+    yield scheduler, decoder, out
+    decoder.release(100)
+    scheduler.stop(1.0)
+
+
+def audio(n):
+    return np.zeros(n, np.float32)
+
+
+def test_partials_under_load_keep_only_the_latest(parts):
+    scheduler, decoder, out = parts
+    scheduler.request_partial(1, audio(100), 100)
+    decoder.wait_started()
+    for n in (200, 300, 400):  # arrive while the first decode runs
+        scheduler.request_partial(1, audio(n), n)
+    decoder.release(2)
+    done = out.wait_for(2)
+    assert [d.result for d in done] == ["text of 100", "text of 400"]
+    assert scheduler.skipped_partials == 2
+    assert decoder.started == [100, 400]
+
+
+def test_final_goes_before_a_waiting_partial_and_drops_its_partials(parts):
+    scheduler, decoder, out = parts
+    scheduler.request_partial(1, audio(100), 100)
+    decoder.wait_started()
+    scheduler.request_partial(2, audio(50), 50)  # waiting partial of the next utterance
+    scheduler.request_partial(1, audio(150), 150)  # replaces it (latest audio wins)
+    scheduler.request_partial(2, audio(60), 60)
+    scheduler.request_final(1, audio(500), 500)
+    decoder.release(3)
+    done = out.wait_for(3)
+    assert [(d.kind, d.utterance_id, d.result) for d in done] == [
+        (PARTIAL, 1, "text of 100"), (FINAL, 1, "text of 500"), (PARTIAL, 2, "text of 60")]
+
+
+def test_speculative_result_becomes_the_final_at_once(parts):
+    scheduler, decoder, out = parts
+    scheduler.request_speculative(1, audio(300), 300)
+    decoder.wait_started()
+    decoder.release()
+    # The decode finished during the endpoint silence: nothing is published yet...
+    threading.Event().wait(0.1)
+    assert out.done == []
+    scheduler.request_final(1, audio(300), 300)
+    (done,) = out.wait_for(1)
+    assert (done.kind, done.speculative, done.result) == (FINAL, True, "text of 300")
+    assert decoder.started == [300]  # no second decode
+    assert done.endpoint_wait_ms < 100
+
+
+def test_speculative_still_running_at_the_endpoint_is_published_when_done(parts):
+    scheduler, decoder, out = parts
+    scheduler.request_speculative(1, audio(300), 300)
+    decoder.wait_started()
+    scheduler.request_final(1, audio(300), 300)
+    assert out.done == []
+    decoder.release()
+    (done,) = out.wait_for(1)
+    assert done.kind == FINAL and done.speculative and decoder.started == [300]
+
+
+def test_speech_resumed_drops_the_speculative_decode(parts):
+    scheduler, decoder, out = parts
+    scheduler.request_speculative(1, audio(300), 300)
+    decoder.wait_started()
+    scheduler.speech_resumed(1)
+    decoder.release()
+    scheduler.request_final(1, audio(800), 800)  # more speech came: a full decode
+    decoder.wait_started()
+    decoder.release()
+    (done,) = out.wait_for(1)
+    assert (done.kind, done.speculative, done.result) == (FINAL, False, "text of 800")
+    assert decoder.started == [300, 800]
+
+
+def test_speculative_that_misses_later_speech_is_not_used(parts):
+    scheduler, decoder, out = parts
+    scheduler.request_speculative(1, audio(300), 300)
+    decoder.wait_started()
+    decoder.release()
+    scheduler.request_final(1, audio(400), 400)  # speech ended later than the speculative audio
+    decoder.wait_started()
+    decoder.release()
+    (done,) = out.wait_for(1)
+    assert done.result == "text of 400" and not done.speculative
+
+
+def test_partial_interval_stretches_with_decode_time():
+    import time
+
+    def slow(audio_):
+        time.sleep(0.05)
+        return "x"
+
+    out = Collector()
+    scheduler = Scheduler(slow, out, partial_interval_s=0.01, duty_budget=0.25)
+    scheduler.start()
+    before = time.monotonic()
+    scheduler.request_partial(1, audio(10), 10)
+    out.wait_for(1)
+    # A 50 ms decode at a 25% duty budget: the next partial is due >= 200 ms after it started.
+    assert not scheduler.partial_due(before + 0.15)
+    assert scheduler.partial_due(before + 0.05 / 0.25 + 0.2)
+    scheduler.stop()
+
+
+def test_a_failing_decode_or_publisher_does_not_kill_the_worker():
+    calls = []
+
+    def flaky(a):
+        calls.append(len(a))
+        if len(a) == 1:
+            raise RuntimeError("boom")
+        return "ok"
+
+    out = Collector()
+
+    def emit(done):
+        if done.utterance_id == 2:
+            raise RuntimeError("publisher down")
+        out(done)
+
+    scheduler = Scheduler(flaky, emit)
+    scheduler.start()
+    scheduler.request_final(1, audio(1), 1)
+    scheduler.request_final(2, audio(2), 2)
+    scheduler.request_final(3, audio(3), 3)
+    (done,) = out.wait_for(1)
+    assert done.utterance_id == 3 and calls == [1, 2, 3]
+    assert scheduler.stop()
+
+
+def test_stop_drains_finals_within_the_bound(parts):
+    scheduler, decoder, out = parts
+    scheduler.request_final(1, audio(10), 10)
+    scheduler.request_final(2, audio(20), 20)
+    decoder.release(2)
+    assert scheduler.stop(TIMEOUT)
+    assert [d.utterance_id for d in out.done] == [1, 2]
