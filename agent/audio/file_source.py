@@ -1,0 +1,67 @@
+"""A WAV file as an audio source, paced like a microphone or as fast as the pipeline reads."""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+import numpy as np
+
+from agent.audio.blocks import RATE
+from agent.audio.ring_buffer import RingBuffer
+from agent.audio.source import FINISHED, RUNNING, STOPPED, AudioSource
+from agent.audio_file import load_audio
+
+log = logging.getLogger(__name__)
+
+
+class FileSource(AudioSource):
+    """Plays any WAV that `agent.audio_file` reads, as 16 kHz blocks.
+
+    realtime=True: a thread writes each block when a microphone would have delivered it, on a
+    schedule counted from one monotonic start (sleeping a fixed block length each time would add
+    up scheduling delays). A pipeline that falls behind loses audio exactly like with a mic.
+    realtime=False: blocks are written as fast as the pipeline takes them, and none are lost.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, realtime: bool = True, block_ms: int = 50,
+                 ring_seconds: float = 10.0):
+        super().__init__(os.fspath(path), block_ms=block_ms)
+        self.path = path
+        self.realtime = realtime
+        self.ring_seconds = ring_seconds
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Read the file (errors surface here, as AudioFileError) and start feeding it."""
+        samples = load_audio(self.path, RATE)
+        ring = RingBuffer(max(self.block_samples, int(RATE * self.ring_seconds)))
+        self._begin_session(ring, RATE)
+        self._thread = threading.Thread(target=self._feed, args=(ring, samples), name="file-source", daemon=True)
+        self._set_state(RUNNING, f"{len(samples) / RATE:.2f} s, {'real time' if self.realtime else 'fast'}")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._end_sessions(discard=True)
+        if self._thread is not None:
+            self._thread.join()
+        self._set_state(STOPPED)
+
+    def _feed(self, ring: RingBuffer, samples: np.ndarray) -> None:
+        step = self.block_samples
+        t0 = time.monotonic()
+        for pos in range(0, len(samples), step):
+            block = samples[pos:pos + step]
+            if self.realtime:
+                # Block i is "recorded" by t0 + its end time; wait for that instant, not a fixed span.
+                if self._stop.wait(max(0.0, t0 + (pos + len(block)) / RATE - time.monotonic())):
+                    return
+                ring.write(block)
+            elif not ring.write_wait(block):
+                return  # stopped
+        self._end_sessions()
+        if not self._stop.is_set():
+            self._set_state(FINISHED)
