@@ -196,3 +196,17 @@ def test_stop_drains_finals_within_the_bound(parts):
     decoder.release(2)
     assert scheduler.stop(TIMEOUT)
     assert [d.utterance_id for d in out.done] == [1, 2]
+
+
+def test_a_final_is_never_lost_when_the_next_utterance_speculates(parts):
+    """Faster than real time: utterance 1 ends while its speculative decode still waits its turn."""
+    scheduler, decoder, out = parts
+    scheduler.request_partial(1, audio(100), 100)
+    decoder.wait_started()  # the model is busy
+    scheduler.request_speculative(1, audio(300), 300)
+    scheduler.request_final(1, audio(300), 300)
+    scheduler.request_speculative(2, audio(700), 700)  # takes the speculative slot
+    scheduler.request_final(2, audio(700), 700)
+    decoder.release(3)
+    done = out.wait_for(3)
+    assert [(d.kind, d.utterance_id) for d in done] == [(PARTIAL, 1), (FINAL, 1), (FINAL, 2)]

@@ -104,12 +104,15 @@ class Scheduler:
             self._drop_partials(utterance_id)
             job = Job(FINAL, utterance_id, audio, end_sample)
             spec = self._spec_results.get(utterance_id)
-            if spec is not None and spec[0] >= end_sample:
+            pending = self._speculative is not None and self._speculative.utterance_id == utterance_id
+            if spec is not None and spec[0] >= end_sample and not pending:
                 if spec[1] is None:
-                    self._awaiting_spec[utterance_id] = job  # queued or running: published when done
+                    self._awaiting_spec[utterance_id] = job  # running: published when it is done
                     return
                 ready = self._spec_results.pop(utterance_id)[1]
             else:
+                # A speculative decode that has not started yet becomes this final: a final must never
+                # wait in the one speculative slot, where the next utterance's would displace it.
                 self._spec_results.pop(utterance_id, None)
                 if self._speculative is not None and self._speculative.utterance_id == utterance_id:
                     self._speculative = None
