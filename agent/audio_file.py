@@ -14,6 +14,8 @@ import uuid
 import numpy as np
 import soxr
 
+from agent.errors import EXIT_NOINPUT, AgentError
+
 log = logging.getLogger(__name__)
 
 _PCM, _FLOAT, _EXTENSIBLE = 0x0001, 0x0003, 0xFFFE
@@ -23,8 +25,10 @@ _SUBTYPE_TAIL = b"\x00\x00\x00\x00\x10\x00\x80\x00\x00\xaa\x00\x38\x9b\x71"
 _UNKNOWN_SIZES = (0, 0xFFFFFFFF)
 
 
-class AudioFileError(Exception):
+class AudioFileError(AgentError):
     """A file that cannot be read as audio; the message names the file and the problem."""
+
+    exit_code = EXIT_NOINPUT
 
 
 def _parse_fmt(name: str, body: bytes) -> tuple[int, int, int, int]:

@@ -1,4 +1,4 @@
-"""Command line: `stt-agent transcribe|model|check-config` (also `python -m agent`).
+"""Command line: `stt-agent run|transcribe|model|check-config` (also `python -m agent`).
 
 Exit codes (agent/errors.py): 0 ok, 1 some inputs failed, 2 usage, 66 model unusable,
 70 internal error, 78 invalid configuration.
@@ -108,6 +108,43 @@ def _print_result(path, result, decode_ms, args):
             print(f"  {token.start:7.2f} {token.end:7.2f}  {token.prob:.2f}  {token.text}")
 
 
+def cmd_run(args) -> int:
+    import signal
+    import threading
+
+    from agent.audio import open_source
+    from agent.listening import Segmenter, load_vad
+    from agent.pipeline.live import LivePipeline
+    from agent.pipeline.sink import JsonLinesSink
+    from agent.recognizer import load_recognizer
+
+    settings = _load_settings(args)
+    _apply_recognizer_flags(settings.recognizer, args)
+    if args.input is not None:
+        settings.audio.input = args.input
+    if args.fast:
+        settings.audio.realtime = False
+    if args.vad is not None:
+        settings.vad.kind = args.vad
+    _recheck(settings)
+    if args.events != "-":
+        raise AgentError(f"--events {args.events}: only '-' (JSON lines on stdout) is supported so far")
+    if settings.audio.input not in ("mic", "-") and not os.path.isfile(settings.audio.input):
+        from agent.audio_file import AudioFileError
+
+        raise AudioFileError(f"{settings.audio.input}: no such file")  # before a model load of seconds
+    recognizer = load_recognizer(settings.recognizer)
+    segmenter = Segmenter.from_settings(load_vad(settings.vad), settings.segmenter, settings.vad)
+    source = open_source(settings.audio)
+    sink = JsonLinesSink(sys.stdout)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    log.info("listening on %s", settings.audio.input)
+    drained = LivePipeline(source, segmenter, recognizer, sink, settings.pipeline).run(stop)
+    return EXIT_OK if drained else EXIT_FAILED
+
+
 def cmd_check_config(args) -> int:
     path = args.config or os.environ.get(CONFIG_ENV) or "config.yaml"
     from agent import settings
@@ -115,6 +152,18 @@ def cmd_check_config(args) -> int:
     settings.load(path)
     print(f"{path}: OK")
     return EXIT_OK
+
+
+def _add_recognizer_flags(parser):
+    parser.add_argument("--model", help="model directory (overrides recognizer.model_dir)")
+    parser.add_argument("--provider", help="providers to try in order, e.g. cuda,cpu")
+    parser.add_argument("--precision", choices=("auto", "int8", "fp32", "fp16"))
+    parser.add_argument("--threads", type=int, help="CPU threads")
+    parser.add_argument("--language", help="fixed language (zh, en, yue, ja, ko) or auto")
+    parser.add_argument("--allowed-languages", metavar="LIST", help="with auto: detect only among these, e.g. zh,en")
+    itn = parser.add_mutually_exclusive_group()
+    itn.add_argument("--itn", dest="itn", action="store_true", default=None, help="punctuation and digits (default)")
+    itn.add_argument("--no-itn", dest="itn", action="store_false", help="plain words, no punctuation")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,18 +177,19 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("transcribe", help="transcribe WAV files, one result per file")
     tr.add_argument("files", nargs="+", metavar="FILE", help="WAV files (any rate, channels, int or float)")
     tr.add_argument("--config", help=f"config file (default: ${CONFIG_ENV}, else built-in defaults)")
-    tr.add_argument("--model", help="model directory (overrides recognizer.model_dir)")
-    tr.add_argument("--provider", help="providers to try in order, e.g. cuda,cpu")
-    tr.add_argument("--precision", choices=("auto", "int8", "fp32", "fp16"))
-    tr.add_argument("--threads", type=int, help="CPU threads")
-    tr.add_argument("--language", help="fixed language (zh, en, yue, ja, ko) or auto")
-    tr.add_argument("--allowed-languages", metavar="LIST", help="with auto: detect only among these, e.g. zh,en")
-    itn = tr.add_mutually_exclusive_group()
-    itn.add_argument("--itn", dest="itn", action="store_true", default=None, help="punctuation and digits (default)")
-    itn.add_argument("--no-itn", dest="itn", action="store_false", help="plain words, no punctuation")
+    _add_recognizer_flags(tr)
     tr.add_argument("--json", action="store_true", help="one JSON line per file, with every field")
     tr.add_argument("--tokens", action="store_true", help="also print each token with its start/end seconds")
     tr.set_defaults(func=cmd_transcribe)
+
+    rn = sub.add_parser("run", help="listen (mic, WAV file or raw PCM on stdin) and print events as JSON lines")
+    rn.add_argument("--config", help=f"config file (default: ${CONFIG_ENV}, else built-in defaults)")
+    rn.add_argument("--input", help="mic, a WAV file, or - for raw s16le 16 kHz mono PCM on stdin")
+    rn.add_argument("--fast", action="store_true", help="read a WAV file as fast as possible, not in real time")
+    rn.add_argument("--vad", choices=("silero", "energy"), help="voice activity detector")
+    rn.add_argument("--events", default="-", help="where events go: - = JSON lines on stdout (default)")
+    _add_recognizer_flags(rn)
+    rn.set_defaults(func=cmd_run)
 
     cc = sub.add_parser("check-config", help="validate a config file: exit 0, or 78 with the problems")
     cc.add_argument("--config", help=f"config file (default: ${CONFIG_ENV}, else ./config.yaml)")

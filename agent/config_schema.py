@@ -8,6 +8,7 @@ wyoming-satellite's settings: a typo must never be silently ignored.
 from __future__ import annotations
 
 import copy
+import difflib
 import dataclasses
 import typing
 from pathlib import Path
@@ -142,7 +143,9 @@ def build(cls, data: Any, *, path: str = "", problems: list | None = None, lines
         if key not in fields:
             key_path = f"{path}.{key}" if path else str(key)
             known = ", ".join(sorted(fields))
-            problems.append(f"{key_path}{lines.where(key_path)}: unknown key (known keys here: {known})")
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            problems.append(f"{key_path}{lines.where(key_path)}: unknown key ({hint}known keys here: {known})")
     kwargs = {}
     for name, f in fields.items():
         if name not in data:

@@ -8,7 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, List
 
+from agent.audio.settings import AudioSettings
 from agent.config_schema import load_settings, section, setting
+from agent.listening.settings import SegmenterSettings, VadSettings
+from agent.pipeline.settings import PipelineSettings
 
 PROVIDERS = ("tensorrt", "cuda", "cpu")
 PRECISIONS = ("auto", "int8", "fp32", "fp16")
@@ -75,6 +78,10 @@ class RecognizerSettings:
 
 @dataclass
 class Settings:
+    audio: AudioSettings = section(AudioSettings, "Where audio comes from: microphone, WAV file or stdin.")
+    vad: VadSettings = section(VadSettings, "Voice activity detection.")
+    segmenter: SegmenterSettings = section(SegmenterSettings, "Cutting the stream into utterances.")
+    pipeline: PipelineSettings = section(PipelineSettings, "Partial and final decode scheduling.")
     recognizer: RecognizerSettings = section(RecognizerSettings, "The speech recognizer.")
 
 

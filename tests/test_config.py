@@ -59,7 +59,7 @@ def test_unknown_top_level_key(tmp_path):
         recogniser:
           language: en
     """)
-    assert_names(msg, "recogniser (line 2)", "unknown key", "known keys here: recognizer")
+    assert_names(msg, "recogniser (line 2)", "unknown key", "did you mean 'recognizer'?", "known keys here: audio, ")
 
 
 def test_unknown_nested_key_lists_known_keys(tmp_path):

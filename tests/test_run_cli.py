@@ -1,0 +1,88 @@
+"""`stt-agent run --input FILE.wav` end to end: file source -> VAD -> segmenter -> tiny model -> JSON events."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+import tiny_models as tm
+from test_cli import run, write_wav
+
+RATE = 16000
+
+
+def burst(seconds, level=6000.0, seed=0):
+    return np.random.default_rng(seed).standard_normal(int(seconds * RATE)) * level
+
+
+def silence(seconds):
+    return np.zeros(int(seconds * RATE))
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return tm.write_sherpa(tmp_path_factory.mktemp("model"))
+
+
+def events_of(proc):
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+def test_two_utterances_with_partials_and_finals(model, tmp_path):
+    audio = np.concatenate([silence(0.5), burst(1.5), silence(1.0), burst(1.0, seed=1), silence(1.0)])
+    wav = write_wav(tmp_path / "conv.wav", audio)
+    events = events_of(run("run", "--input", str(wav), "--model", str(model), "--vad", "energy", "--fast"))
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    per_utterance = {}
+    for e in events:
+        per_utterance.setdefault(e["utterance_id"], []).append(e["type"])
+    assert sorted(per_utterance) == [1, 2]
+    for types in per_utterance.values():
+        assert types[0] == "speech_start"
+        assert types[-2:] == ["speech_end", "final"] or types[-2:] == ["final", "speech_end"]
+        assert types.count("final") == 1 and types.count("speech_end") == 1
+        assert set(types[1:-2]) <= {"partial"}
+    starts = [e for e in events if e["type"] == "speech_start"]
+    ends = [e for e in events if e["type"] == "speech_end"]
+    # Boundaries within a VAD frame (32 ms) plus the segmenter's padding of the known bursts.
+    assert starts[0]["at"] == pytest.approx(0.5, abs=0.07) and starts[1]["at"] == pytest.approx(3.0, abs=0.07)
+    assert ends[0]["at"] == pytest.approx(2.0 + 0.2, abs=0.1) and ends[1]["at"] == pytest.approx(4.0 + 0.2, abs=0.1)
+    finals = [e for e in events if e["type"] == "final"]
+    for final in finals:
+        assert final["text"].startswith(tm.PATTERN_TEXT)
+        assert final["tokens"][0]["start"] >= final["audio_start"]
+        for key in ("language_scores", "emotion_scores", "event_scores", "confidence", "decode_ms", "queue_ms",
+                    "audio_start", "audio_end", "audio_start_wall", "emitted_at", "endpoint_delay_ms", "speculative"):
+            assert key in final, key
+
+
+def test_speech_until_the_end_of_the_file_is_still_finalised(model, tmp_path):
+    wav = write_wav(tmp_path / "cut.wav", np.concatenate([silence(0.3), burst(1.0)]))
+    events = events_of(run("run", "--input", str(wav), "--model", str(model), "--vad", "energy", "--fast"))
+    assert [e["type"] for e in events if e["type"] != "partial"] == ["speech_start", "speech_end", "final"]
+    assert [e for e in events if e["type"] == "speech_end"][0]["reason"] == "flush"
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng (Debian package) makes the test speech")
+def test_silero_on_synthesized_speech(model, tmp_path):
+    parts = []
+    for i, sentence in enumerate(["Turn on the kitchen lights.", "What time is it?", "Thank you very much."]):
+        path = tmp_path / f"s{i}.wav"
+        subprocess.run(["espeak-ng", "-w", str(path), sentence], check=True)
+        from agent.audio_file import load_audio
+
+        parts += [silence(0.8), load_audio(path)]
+    wav = write_wav(tmp_path / "speech.wav", np.clip(np.concatenate(parts + [silence(1.0)]), -32768, 32767))
+    events = events_of(run("run", "--input", str(wav), "--model", str(model), "--vad", "silero", "--fast"))
+    assert sum(e["type"] == "final" for e in events) == 3
+
+
+def test_bad_input_file_is_one_line(model, tmp_path):
+    proc = run("run", "--input", str(tmp_path / "nope.wav"), "--model", str(model), "--vad", "energy")
+    assert proc.returncode == 66
+    assert proc.stderr.strip() == f"error: {tmp_path / 'nope.wav'}: no such file"
