@@ -414,3 +414,25 @@ def test_every_setting_has_a_doc():
     for cls in classes:
         for f in dataclasses.fields(cls):
             assert f.metadata.get("doc"), f"{cls.__name__}.{f.name} has no doc"
+
+
+def test_shipped_config_documents_every_key():
+    """config.yaml is the users' documentation: every settings key appears in it, with a comment."""
+    import dataclasses
+
+    import yaml
+
+    from agent import settings as S
+
+    shipped = yaml.safe_load((Path(__file__).resolve().parent.parent / "config.yaml").read_text(encoding="utf-8"))
+
+    def walk(obj, data, path):
+        for f in dataclasses.fields(obj):
+            assert f.name in data, f"config.yaml lacks {path}{f.name}"
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, data[f.name], f"{path}{f.name}.")
+            else:
+                assert data[f.name] == value, f"config.yaml's {path}{f.name} is not the default"
+
+    walk(S.Settings(), shipped, "")
