@@ -86,3 +86,27 @@ def test_bad_input_file_is_one_line(model, tmp_path):
     proc = run("run", "--input", str(tmp_path / "nope.wav"), "--model", str(model), "--vad", "energy")
     assert proc.returncode == 66
     assert proc.stderr.strip() == f"error: {tmp_path / 'nope.wav'}: no such file"
+
+
+def test_sigterm_mid_utterance_still_emits_the_final(model, tmp_path):
+    import os
+    import signal
+    import sys
+    import time
+
+    from test_cli import ROOT
+
+    wav = write_wav(tmp_path / "long.wav", np.concatenate([silence(0.3), burst(8.0)]))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--input", str(wav), "--model", str(model),
+                             "--vad", "energy"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT, env=env)
+    first = json.loads(proc.stdout.readline())  # real-time pace: speech has started, far from its end
+    assert first["type"] == "speech_start"
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert time.monotonic() - sent < 5.0 + 2.0  # pipeline.drain_timeout_s plus start-up slack
+    types = [json.loads(line)["type"] for line in out.splitlines()]
+    assert types[-2:] == ["speech_end", "final"]
