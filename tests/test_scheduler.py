@@ -87,9 +87,10 @@ def test_final_goes_before_a_waiting_partial_and_drops_its_partials(parts):
     scheduler.request_partial(2, audio(60), 60)
     scheduler.request_final(1, audio(500), 500)
     decoder.release(3)
-    done = out.wait_for(3)
+    done = out.wait_for(2)
+    # The running partial of utterance 1 finished after its endpoint: stale, not published.
     assert [(d.kind, d.utterance_id, d.result) for d in done] == [
-        (PARTIAL, 1, "text of 100"), (FINAL, 1, "text of 500"), (PARTIAL, 2, "text of 60")]
+        (FINAL, 1, "text of 500"), (PARTIAL, 2, "text of 60")]
 
 
 def test_speculative_result_becomes_the_final_at_once(parts):
@@ -208,5 +209,17 @@ def test_a_final_is_never_lost_when_the_next_utterance_speculates(parts):
     scheduler.request_speculative(2, audio(700), 700)  # takes the speculative slot
     scheduler.request_final(2, audio(700), 700)
     decoder.release(3)
-    done = out.wait_for(3)
-    assert [(d.kind, d.utterance_id) for d in done] == [(PARTIAL, 1), (FINAL, 1), (FINAL, 2)]
+    done = out.wait_for(2)
+    assert [(d.kind, d.utterance_id) for d in done] == [(FINAL, 1), (FINAL, 2)]
+
+
+def test_a_partial_finishing_after_the_endpoint_is_not_published(parts):
+    scheduler, decoder, out = parts
+    scheduler.request_partial(1, audio(100), 100)
+    decoder.wait_started()
+    scheduler.request_final(1, audio(300), 300)  # speech ended while the partial decodes
+    decoder.release(2)
+    done = out.wait_for(1)
+    assert scheduler.stop(TIMEOUT)
+    assert [(d.kind, d.utterance_id) for d in out.done] == [(FINAL, 1)]
+    assert scheduler.skipped_partials == 1

@@ -63,6 +63,7 @@ class Scheduler:
         # utterance id -> (end_sample, Done | None while in flight) of its speculative decode
         self._spec_results: dict = {}
         self._awaiting_spec: dict = {}  # utterance id -> final Job waiting on its speculative decode
+        self._ended: set = set()  # utterances whose final was requested: their partials are stale
         self._next_partial_at = 0.0
         self._stopping = False
         self.skipped_partials = 0
@@ -102,6 +103,8 @@ class Scheduler:
         ready = None
         with self._cond:
             self._drop_partials(utterance_id)
+            self._ended.add(utterance_id)
+            self._ended.discard(utterance_id - 100)  # keep the set small; ids only grow
             job = Job(FINAL, utterance_id, audio, end_sample)
             spec = self._spec_results.get(utterance_id)
             pending = self._speculative is not None and self._speculative.utterance_id == utterance_id
@@ -183,6 +186,11 @@ class Scheduler:
             self._deliver(job, done)
 
     def _deliver(self, job: Job, done: Done):
+        if job.kind == PARTIAL:
+            with self._cond:
+                if job.utterance_id in self._ended:
+                    self.skipped_partials += 1  # decoded while the utterance ended: a final follows
+                    return
         if job.kind != SPECULATIVE:
             if job.kind == FINAL:
                 done.endpoint_wait_ms = (time.monotonic() - job.submitted) * 1000
