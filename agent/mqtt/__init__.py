@@ -1,0 +1,12 @@
+"""Publishing speech events over MQTT (see docs/EVENTS.md for the topics and payloads).
+
+- settings.py   MqttSettings (the `mqtt` config section)
+- publisher.py  MqttPublisher: the pipeline's sink; connection, outbox, health, commands
+- payloads.py   pipeline events -> topic + JSON payload
+- commands.py   validation of commands received on <prefix>/<device>/cmd
+- connection.py paho client construction (TLS, credentials, Last Will) and connect diagnostics
+- discovery.py  Home Assistant discovery configs
+- outbox.py     the bounded outbox;  health.py  latency window and counters;  topics.py  topic names
+
+Nothing is imported here, so `agent.mqtt.settings` loads without paho.
+"""

@@ -1,0 +1,451 @@
+"""MqttPublisher: the pipeline's event sink, publishing to an MQTT broker through outages.
+
+Threads:
+- the caller (pipeline / decode thread): `publisher(event)` maps the event to messages and appends
+  them to the bounded outbox. Never blocks on the network.
+- paho's network thread (`loop_start`): connects, reconnects with capped exponential backoff,
+  runs the callbacks below. Every callback is guarded: an exception escaping one would silently
+  end that thread.
+- the sender thread: hands outbox messages to paho while connected, at most MAX_INFLIGHT unacknowledged
+  at a time, and publishes health.
+- the command thread: runs the caller's command handler, so a slow handler never stalls the network.
+
+Delivery (each queued event exactly once from the agent's side, in order):
+- The outbox holds what paho has not been given; nothing is given to paho while disconnected.
+- Once given, a QoS 1/2 message is paho's: if the connection drops before the broker acknowledges
+  it, paho sends it again (DUP) right after the next CONNACK. The agent never re-publishes it, so
+  it cannot be doubled by the agent. Until those older messages are acknowledged, nothing newer
+  leaves the outbox, which keeps the order across the reconnect.
+- Partials (QoS 0) are dropped while disconnected. Queued events older than message_expiry_s are
+  dropped from the outbox, and with MQTT 5 carry the remaining time as their Message Expiry Interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from agent import __version__
+from agent.mqtt.commands import CommandError, parse_command
+from agent.mqtt.connection import describe_reason, diagnose, hint_for, make_client
+from agent.mqtt.discovery import discovery_messages
+from agent.mqtt.health import LatencyWindow, RateLimitedLog, SpeechHealth
+from agent.mqtt.outbox import Outbox
+from agent.mqtt.payloads import SCHEMA_VERSION, EventMapper, dumps
+from agent.mqtt.topics import Topics, client_id_of, device_id_of
+
+log = logging.getLogger("agent.mqtt")
+paho_log = logging.getLogger("agent.mqtt.paho")
+MAX_INFLIGHT = 20
+_RESERVED_HEALTH_KEYS = ("schema_version", "type", "device_id", "session", "ts", "mqtt")
+
+
+class MqttPublisher:
+    """`publisher(event)` is the pipeline sink; `start()` / `stop()` around the run.
+
+    health: a callable returning a dict merged into the health message (provider, model, overflows,
+      samples_lost, audio_device, ...); called on the sender thread, so it must be quick and thread-safe.
+    on_command: a callable taking a validated command dict, e.g. {"command": "set_language",
+      "language": "en"}; runs on its own thread; an exception is answered on the error topic.
+    """
+
+    def __init__(self, settings, *, health: Callable[[], dict] | None = None,
+                 on_command: Callable[[dict], None] | None = None, version: str = __version__,
+                 languages: tuple | None = None):
+        self.settings = settings
+        self.device_id = device_id_of(settings)
+        self.client_id = client_id_of(settings, self.device_id)
+        self.topics = Topics(settings.topic_prefix, self.device_id)
+        self.session = secrets.token_hex(4)
+        self.broker = f"{settings.host}:{settings.port}"
+        self.version = version
+        self._health_provider = health
+        self._on_command = on_command
+        self._languages = languages
+        self._v5 = settings.protocol == "5"
+        hermes_site = settings.hermes.site_id if settings.hermes.enabled else None
+        self._mapper = EventMapper(self.topics, self.session, settings.qos, hermes_site)
+        self._map_lock = threading.Lock()
+        self._outbox = Outbox(settings.outbox_max)
+        self._acks: deque = deque()  # (mid, reason code) from on_publish, consumed by the sender
+        self._wake = threading.Event()
+        self._connected = threading.Event()
+        self._generation = 0  # successful connections so far
+        self._inflight_count = 0
+        self._health_due = 0.0
+        self._started = self._stopping = False
+        self._stop_sender = False
+        self._commands: queue.Queue = queue.Queue(maxsize=64)
+        self.speech = SpeechHealth()
+        self.publish_latency_ms = LatencyWindow()
+        self.published = 0
+        self.errors = 0
+        self.reconnects = 0
+        self.connect_failures = 0
+        self.commands_accepted = 0
+        self.commands_rejected = 0
+        self.last_error: str | None = None
+        self._last_problem = ("", 0.0)
+        self._drop_log = RateLimitedLog(log, 10.0)
+        self._error_log = RateLimitedLog(log, 10.0)
+        self._ha_status = f"{settings.home_assistant.discovery_prefix}/status"
+        self._client = make_client(settings, self.client_id, self.topics.status)  # reads the password now
+        self._client.suppress_exceptions = True  # second guard: paho logs instead of dying
+        self._client.on_log = self._on_log
+        self._client.on_connect = self._guard(self._on_connect)
+        self._client.on_connect_fail = self._guard(self._on_connect_fail)
+        self._client.on_disconnect = self._guard(self._on_disconnect)
+        self._client.on_publish = self._guard(self._on_publish)
+        self._client.on_message = self._guard(self._on_message)
+        self._sender = threading.Thread(target=self._send_loop, name="mqtt-sender", daemon=True)
+        self._commander = threading.Thread(target=self._command_loop, name="mqtt-commands", daemon=True)
+
+    # ------------------------------------------------------------------ life cycle
+    def start(self):
+        """Connect in the background and return at once; the broker may come and go from here on."""
+        if self._started:
+            return
+        self._started = True
+        tls = " over TLS" if self.settings.tls.enabled else ""
+        log.info("MQTT: connecting to %s%s as %r (MQTT %s), topics %s/...", self.broker, tls, self.client_id,
+                 self.settings.protocol, self.topics.base)
+        kwargs = {"clean_start": True} if self._v5 else {}
+        self._client.connect_async(self.settings.host, self.settings.port, self.settings.keepalive, **kwargs)
+        self._sender.start()
+        self._commander.start()
+        self._client.loop_start()
+
+    def stop(self, timeout: float | None = None) -> int:
+        """Deliver what is queued (up to `timeout`, default drain_timeout_s), publish offline, disconnect.
+
+        Returns the number of queued events that could not be delivered.
+        """
+        if not self._started or self._stopping:
+            return 0
+        self._stopping = True
+        timeout = self.settings.drain_timeout_s if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self._connected.is_set():
+            if len(self._outbox) == 0 and self._inflight_count == 0:
+                break
+            self._wake.set()
+            time.sleep(0.02)
+        left = self.pending()
+        if left:
+            log.warning("MQTT: stopping with %d event(s) not delivered to %s", left, self.broker)
+        self._stop_sender = True
+        self._wake.set()
+        self._sender.join(timeout=5)
+        self._commands.put(None)
+        self._commander.join(timeout=5)
+        if self._connected.is_set():
+            try:
+                info = self._client.publish(self.topics.status, b"offline", qos=self.settings.qos.status, retain=True)
+                info.wait_for_publish(timeout=2.0)
+            except (RuntimeError, ValueError) as exc:
+                log.warning("MQTT: could not publish offline: %s", exc)
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._connected.clear()
+        log.info("MQTT: disconnected from %s", self.broker)
+        return left
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def wait_connected(self, timeout: float | None = None) -> bool:
+        return self._connected.wait(timeout)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def pending(self) -> int:
+        """Events not yet acknowledged by the broker (in the outbox or in flight)."""
+        return len(self._outbox) + self._inflight_count
+
+    # ------------------------------------------------------------------ the sink (caller's thread)
+    def __call__(self, event: dict):
+        """Publish one pipeline event; never blocks on the network and never raises."""
+        if self._stopping:
+            return
+        try:
+            with self._map_lock:
+                self.speech.observe(event)
+                messages = self._mapper.map(event)
+                for message in messages:
+                    self._enqueue(message)
+            self._wake.set()
+        except Exception as exc:  # noqa: BLE001 - a bad event must not stop the pipeline
+            self.errors += 1
+            self._error_log(logging.ERROR, "MQTT: cannot publish event %r: %s", str(event)[:200], exc)
+
+    def error(self, code: str, message: str, *, source: str = "agent", **extra):
+        """Publish on the error topic (queued like a final)."""
+        try:
+            with self._map_lock:
+                self._enqueue(self._mapper.error(code, message, source=source, **extra))
+            self._wake.set()
+        except Exception as exc:  # noqa: BLE001
+            self._error_log(logging.ERROR, "MQTT: cannot publish error %s: %s", code, exc)
+
+    def request_health(self):
+        """Publish health now (also done every health_interval_s and on the `health` command)."""
+        self._health_due = 0.0
+        self._wake.set()
+
+    def _enqueue(self, message):
+        if not message.queued and not self._connected.is_set():
+            self._outbox.count_offline()
+            return
+        dropped = self._outbox.put(message)
+        if dropped is not None:
+            self._drop_log(logging.WARNING, "MQTT: outbox full (%d events, broker %s %s): dropped the oldest, "
+                           "a %s (seq %s); %d dropped so far", self._outbox.max_size, self.broker,
+                           "connected" if self.connected else "unreachable", dropped.kind, dropped.seq,
+                           self._outbox.dropped_full)
+
+    # ------------------------------------------------------------------ sender thread
+    def _send_loop(self):
+        inflight: dict = {}  # mid -> (message, connection generation)
+        while not self._stop_sender:
+            self._wake.wait(0.25)
+            self._wake.clear()
+            try:
+                self._collect_acks(inflight)
+                if self._connected.is_set():
+                    if time.monotonic() >= self._health_due:
+                        self._publish_health()
+                    self._fill(inflight)
+                else:
+                    self._outbox.drop_unqueued()
+                self._inflight_count = len(inflight)
+            except Exception:
+                self.errors += 1
+                log.exception("MQTT: sender error")
+        self._collect_acks(inflight)
+        self._inflight_count = len(inflight)
+
+    def _collect_acks(self, inflight):
+        now = time.monotonic()
+        while self._acks:
+            mid, reason = self._acks.popleft()
+            entry = inflight.pop(mid, None)
+            if entry is None:
+                continue  # status, health, discovery: not tracked
+            message = entry[0]
+            if reason is not None and getattr(reason, "is_failure", False):
+                self.errors += 1
+                self.last_error = f"broker rejected a {message.kind} message: {describe_reason(reason)}"
+                self._error_log(logging.ERROR, "MQTT: %s (topic %s)", self.last_error, message.topic)
+                continue
+            self.published += 1
+            self.publish_latency_ms.add((now - message.created) * 1000.0)
+
+    def _fill(self, inflight):
+        try:
+            self._fill_inflight(inflight)
+        finally:
+            self._inflight_count = len(inflight)
+
+    def _fill_inflight(self, inflight):
+        expiry = self.settings.message_expiry_s
+        while len(inflight) < MAX_INFLIGHT and self._connected.is_set():
+            generation = self._generation
+            if any(g != generation for _, g in inflight.values()):
+                return  # paho is re-sending what the last connection left unacknowledged: those go first
+            self._inflight_count = len(inflight) + 1  # counts the one in hand: stop() must not see 0 + 0
+            message = self._outbox.pop()
+            if message is None:
+                self._inflight_count = len(inflight)
+                return
+            remaining = self._outbox.remaining_expiry(message, expiry)
+            if remaining == 0:
+                self._drop_log(logging.WARNING, "MQTT: a %s (seq %s) expired after %d s in the outbox; "
+                               "%d expired so far", message.kind, message.seq, expiry, self._outbox.dropped_expired)
+                continue
+            properties = None
+            if self._v5 and remaining:
+                properties = Properties(PacketTypes.PUBLISH)
+                properties.MessageExpiryInterval = remaining
+            try:
+                info = self._client.publish(message.topic, message.payload, qos=message.qos, retain=message.retain,
+                                            properties=properties)
+            except (ValueError, RuntimeError) as exc:
+                self.errors += 1
+                self._error_log(logging.ERROR, "MQTT: cannot publish to %s: %s", message.topic, exc)
+                continue
+            if message.qos > 0:
+                inflight[info.mid] = (message, generation)
+            elif info.rc == mqtt.MQTT_ERR_SUCCESS:
+                self.published += 1
+            else:
+                self._outbox.count_offline()
+            self._inflight_count = len(inflight)
+
+    def _publish_health(self):
+        self._health_due = time.monotonic() + self.settings.health_interval_s
+        body = {"schema_version": SCHEMA_VERSION, "type": "health", "device_id": self.device_id,
+                "session": self.session, "ts": round(time.time(), 3), "version": self.version,
+                **self.speech.snapshot()}
+        if self._health_provider is not None:
+            try:
+                extra = self._health_provider() or {}
+                body.update({k: v for k, v in extra.items() if k not in _RESERVED_HEALTH_KEYS})
+            except Exception as exc:  # noqa: BLE001
+                body["health_error"] = f"{type(exc).__name__}: {exc}"
+                self._error_log(logging.ERROR, "MQTT: health provider failed: %s", exc)
+        body["mqtt"] = self.stats()
+        try:
+            self._client.publish(self.topics.health, dumps(body), qos=self.settings.qos.health, retain=True)
+        except (ValueError, TypeError, RuntimeError) as exc:
+            self._error_log(logging.ERROR, "MQTT: cannot publish health: %s", exc)
+
+    def stats(self) -> dict:
+        """The publisher's own part of the health message."""
+        return {"connected": self.connected, "broker": self.broker, "queued": len(self._outbox),
+                "inflight": self._inflight_count, "published": self.published,
+                "dropped": {"outbox_full": self._outbox.dropped_full, "expired": self._outbox.dropped_expired,
+                            "offline": self._outbox.dropped_offline},
+                "errors": self.errors, "reconnects": self.reconnects, "connect_failures": self.connect_failures,
+                "last_error": self.last_error, "publish_latency_ms": self.publish_latency_ms.summary(),
+                "commands": {"accepted": self.commands_accepted, "rejected": self.commands_rejected}}
+
+    # ------------------------------------------------------------------ paho callbacks (network thread)
+    def _guard(self, callback):
+        def guarded(*args):
+            try:
+                callback(*args)
+            except Exception:
+                self.errors += 1
+                log.exception("MQTT: error in %s", callback.__name__)
+        guarded.__name__ = callback.__name__
+        return guarded
+
+    def _problem(self, text: str):
+        """Log a connection problem: at once when it is new, then at most once a minute."""
+        self.last_error = text
+        last_text, last_at = self._last_problem
+        now = time.monotonic()
+        if text != last_text or now - last_at >= 60.0:
+            self._last_problem = (text, now)
+            log.error("MQTT: %s; retrying (backoff %g-%g s)", text, self.settings.reconnect_min_s,
+                      self.settings.reconnect_max_s)
+        else:
+            log.debug("MQTT: %s (again)", text)
+
+    def _on_log(self, client, userdata, level, buf):
+        # paho says "Client is not connected" at ERROR on every retry: only its caught exceptions matter.
+        if level == mqtt.MQTT_LOG_ERR and "exception" in buf.lower():
+            log.error("MQTT (paho): %s", buf)
+        else:
+            paho_log.debug("%s", buf)
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        if reason_code.is_failure:
+            self.connect_failures += 1
+            self._problem(f"broker {self.broker} refused the connection: {describe_reason(reason_code)}"
+                          f"{hint_for(reason_code)}")
+            return
+        self._generation += 1
+        if self._generation > 1:
+            self.reconnects += 1
+        qos = self.settings.qos
+        client.subscribe(self.topics.cmd, qos=1)
+        client.publish(self.topics.status, b"online", qos=qos.status, retain=True)
+        if self.settings.home_assistant.enabled:
+            client.subscribe(self._ha_status, qos=1)
+            self._publish_discovery()
+        self.last_error = None
+        self._last_problem = ("", 0.0)
+        self._health_due = 0.0
+        self._connected.set()
+        log.info("MQTT: %s %s as %r", "reconnected to" if self._generation > 1 else "connected to", self.broker,
+                 self.client_id)
+        self._wake.set()
+
+    def _on_connect_fail(self, client, userdata):
+        self.connect_failures += 1
+        reason = diagnose(self.settings) or "the connection failed"
+        self._problem(f"cannot connect to broker {self.broker}: {reason}")
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        was_connected = self._connected.is_set()
+        self._connected.clear()
+        self._wake.set()
+        if was_connected and not self._stopping:
+            log.warning("MQTT: lost the connection to %s (%s); %d event(s) kept for after the reconnect",
+                        self.broker, reason_code, self.pending())
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties):
+        self._acks.append((mid, reason_code))
+        self._wake.set()
+
+    def _on_message(self, client, userdata, msg):
+        if msg.topic == self.topics.cmd:
+            self._on_command_message(msg)
+        elif msg.topic == self._ha_status and msg.payload.strip() == b"online":
+            log.info("MQTT: Home Assistant is online: publishing discovery again")
+            self._publish_discovery()
+
+    # ------------------------------------------------------------------ commands and discovery
+    def _reject(self, code: str, message: str, payload: bytes, request_id=None):
+        self.commands_rejected += 1
+        excerpt = payload[:500].decode("utf-8", "replace")
+        log.warning("MQTT: rejected command %r: %s", excerpt[:200], message)
+        self.error(code, message, source="command", request=excerpt, request_id=request_id)
+
+    def _on_command_message(self, msg):
+        if msg.retain:
+            self._reject("retained", "retained commands are ignored (publish commands with retain=false and "
+                                     "clear the retained one)", msg.payload)
+            return
+        try:
+            command = parse_command(msg.payload, self._languages)
+        except CommandError as exc:
+            self._reject(exc.code, exc.message, msg.payload, exc.request_id)
+            return
+        if command["command"] == "health":
+            self.commands_accepted += 1
+            self.request_health()
+            return
+        if self._on_command is None:
+            self._reject("unsupported", "this agent does not take commands", msg.payload, command.get("id"))
+            return
+        try:
+            self._commands.put_nowait(command)
+        except queue.Full:
+            self._reject("busy", "too many commands waiting; try again", msg.payload, command.get("id"))
+            return
+        self.commands_accepted += 1
+
+    def _command_loop(self):
+        while True:
+            command = self._commands.get()
+            if command is None:
+                return
+            log.info("MQTT: command %s", command)
+            try:
+                self._on_command(command)
+            except Exception as exc:
+                log.exception("MQTT: command %s failed", command["command"])
+                self.error("command_failed", f"{command['command']}: {type(exc).__name__}: {exc}", source="command",
+                           request=dumps(command).decode("utf-8"), request_id=command.get("id"))
+
+    def _publish_discovery(self):
+        ha = self.settings.home_assistant
+        for topic, payload in discovery_messages(self.topics, ha.discovery_prefix, ha.name, self.version):
+            self._client.publish(topic, payload, qos=1, retain=True)

@@ -1,0 +1,196 @@
+"""MQTT pieces without a broker: settings, command validation (against docs/schemas/command.json),
+outbox bounds and expiry, latency percentiles, payload mapping, Home Assistant discovery."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from agent.config_schema import build
+from agent.errors import ConfigError
+from agent.mqtt.commands import CommandError, parse_command
+from agent.mqtt.discovery import discovery_messages
+from agent.mqtt.health import LatencyWindow
+from agent.mqtt.outbox import Outbox
+from agent.mqtt.payloads import EventMapper, Message
+from agent.mqtt.settings import MqttQosSettings, MqttSettings
+from agent.mqtt.topics import Topics, device_id_of
+
+SCHEMAS = Path(__file__).resolve().parent.parent / "docs" / "schemas"
+LANGS = ("zh", "en", "yue", "ja", "ko")
+
+
+def schema(name):
+    return json.loads((SCHEMAS / name).read_text())
+
+
+def problems_of(data):
+    problems = []
+    build(MqttSettings, data, path="mqtt", problems=problems)
+    return problems
+
+
+def test_settings_defaults_and_checks():
+    s = MqttSettings()
+    assert (s.port, s.protocol, s.topic_prefix, s.tls.insecure) == (1883, "5", "stt-agent", False)
+    assert (s.qos.partial, s.qos.final, s.qos.health, s.qos.error) == (0, 1, 0, 1)
+    assert not s.home_assistant.enabled and not s.hermes.enabled
+    assert problems_of({"host": "b", "tls": {"enabled": True, "ca_file": "/x.pem"}}) == []
+    assert "unknown key" in problems_of({"pasword": "x"})[0]  # the password is never a setting
+    assert "unknown key" in problems_of({"password": "x"})[0]
+    assert "not one of" in problems_of({"protocol": "4"})[0]
+    assert "expected a string" in problems_of({"protocol": 5})[0]
+    assert "out of range" in problems_of({"port": 0})[0]
+    assert "not one of" in problems_of({"qos": {"final": 3}})[0]
+    assert "not both" in problems_of({"username": "u", "password_file": "/f", "password_env": "P"})[0]
+    assert "needs a username" in problems_of({"password_env": "P"})[0]
+    assert "reconnect_max_s" in problems_of({"reconnect_min_s": 10, "reconnect_max_s": 5})[0]
+    assert "one topic level" in problems_of({"device_id": "a/b"})[0]
+    assert "topic prefix" in problems_of({"topic_prefix": "x/#"})[0]
+    assert "go together" in problems_of({"tls": {"cert_file": "/c.pem"}})[0]
+
+
+def test_device_id_defaults_to_host_name(monkeypatch):
+    monkeypatch.setattr("socket.gethostname", lambda: "jetson/1 +x")
+    assert device_id_of(MqttSettings()) == "jetson_1__x"
+    assert device_id_of(MqttSettings(device_id="kiosk-3")) == "kiosk-3"
+
+
+def test_password_never_in_repr_and_read_from_file_or_env(tmp_path, monkeypatch):
+    from agent.mqtt.connection import read_password
+
+    f = tmp_path / "pw"
+    f.write_text("s3cret\n")
+    s = MqttSettings(username="u", password_file=str(f))
+    assert read_password(s) == "s3cret" and "s3cret" not in repr(s)
+    monkeypatch.setenv("MQTT_PW", "envpw")
+    assert read_password(MqttSettings(username="u", password_env="MQTT_PW")) == "envpw"
+    with pytest.raises(ConfigError, match="MISSING_PW is not set"):
+        read_password(MqttSettings(username="u", password_env="MISSING_PW"))
+    with pytest.raises(ConfigError, match="cannot read"):
+        read_password(MqttSettings(username="u", password_file=str(tmp_path / "nope")))
+
+
+VALID = [
+    {"command": "mute"}, {"command": "unmute", "id": 7}, {"command": "health"}, {"command": "clear_language"},
+    {"command": "set_language", "language": "en"}, {"command": "set_language", "allowed_languages": ["zh", "en"]},
+]
+INVALID = [
+    (b"not json", "bad_json"), (b"[1, 2]", "bad_json"), (b"\xff\xfe", "bad_json"), (b"{}", "missing_field"),
+    (b'{"command": "dance"}', "unknown_command"), (b'{"command": "mute", "volume": 3}', "bad_field"),
+    (b'{"command": "set_language"}', "bad_field"), (b'{"command": "set_language", "language": "fr"}', "bad_field"),
+    (b'{"command": "set_language", "language": "en", "allowed_languages": ["en"]}', "bad_field"),
+    (b'{"command": "set_language", "allowed_languages": []}', "bad_field"),
+    (b'{"command": "set_language", "allowed_languages": ["en", "en"]}', "bad_field"),
+    (b'{"command": "set_language", "allowed_languages": "en"}', "bad_field"),
+    (b'{"command": "mute", "id": [1]}', "bad_field"), (b'{"command": "mute", "id": true}', "bad_field"),
+    (b'{"command": "mute", "pad": "' + b"x" * 5000 + b'"}', "too_large"),
+]
+
+
+@pytest.mark.parametrize("command", VALID)
+def test_valid_commands_pass_code_and_schema(command):
+    jsonschema.validate(command, schema("command.json"))
+    assert parse_command(json.dumps(command).encode(), LANGS) == command
+
+
+@pytest.mark.parametrize("payload,code", INVALID)
+def test_invalid_commands_fail_code_and_schema(payload, code):
+    with pytest.raises(CommandError) as info:
+        parse_command(payload, LANGS)
+    assert info.value.code == code and info.value.message
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        return
+    if code != "too_large":
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(data, schema("command.json"))
+
+
+def test_command_languages_default_to_the_recognizers():
+    from agent.settings import LANGUAGES
+
+    assert parse_command(b'{"command":"set_language","language":"yue"}') == {"command": "set_language",
+                                                                             "language": "yue"}
+    assert tuple(schema("command.json")["oneOf"][1]["properties"]["language"]["enum"]) == tuple(LANGUAGES)
+
+
+def msg(kind="final", seq=1, created=0.0):
+    return Message(kind, "t", b"{}", 1, seq=seq, created=created)
+
+
+def test_outbox_drops_oldest_when_full_and_counts():
+    box = Outbox(3)
+    dropped = [box.put(msg(seq=i)) for i in range(1, 6)]
+    assert [d.seq if d else None for d in dropped] == [None, None, None, 1, 2]
+    assert box.dropped_full == 2 and [box.pop().seq for _ in range(3)] == [3, 4, 5] and box.pop() is None
+
+
+def test_outbox_drops_partials_offline_and_expires_old_events():
+    box = Outbox(10)
+    for m in (msg("partial", 1), msg("final", 2), msg("partial", 3), msg("vad", 4)):
+        box.put(m)
+    assert box.drop_unqueued() == 2 and box.dropped_offline == 2 and len(box) == 2
+    assert box.remaining_expiry(msg(created=100.0), 60, now=130.5) == 29
+    assert box.remaining_expiry(msg(created=100.0), 60, now=159.9) == 1
+    assert box.remaining_expiry(msg(created=100.0), 60, now=160.0) == 0 and box.dropped_expired == 1
+    assert box.remaining_expiry(msg(created=100.0), 0, now=1e9) is None  # 0 = never
+    assert box.remaining_expiry(msg("partial", created=100.0), 60, now=1e9) is None
+
+
+def test_latency_window_percentiles():
+    w = LatencyWindow(size=100)
+    assert w.summary() == {"p50": None, "p95": None, "count": 0}
+    for v in range(1, 201):  # only the last 100 (101..200) are kept
+        w.add(v)
+    w.add(None)
+    assert w.summary() == {"p50": 150.0, "p95": 195.0, "count": 200}
+
+
+FINAL = {"type": "final", "utterance_id": 3, "text": "hello", "language": "en", "language_scores": {"en": 0.9},
+         "emotion": "happy", "emotion_scores": {"happy": 0.8}, "event": "speech", "event_scores": {"speech": 1.0},
+         "confidence": 0.7, "duration": 1.0, "tokens": [{"text": " hello", "start": 1.2, "end": 1.4, "prob": 0.7}],
+         "audio_start": 1.0, "audio_end": 2.0, "audio_start_wall": 10.0, "audio_end_wall": 11.0, "queue_ms": 1.0,
+         "decode_ms": 20.0, "emitted_at": 12.0, "speculative": True, "endpoint_delay_ms": 300.0, "internal": "x"}
+
+
+def test_final_maps_to_final_emotion_language_and_hermes():
+    mapper = EventMapper(Topics("stt-agent", "dev"), "0123abcd", MqttQosSettings(), hermes_site="kitchen")
+    out = mapper.map(dict(FINAL))
+    assert [m.kind for m in out] == ["final", "emotion", "language", "hermes_text"]
+    assert [m.topic for m in out] == ["stt-agent/dev/stt/final", "stt-agent/dev/emotion", "stt-agent/dev/language",
+                                      "hermes/asr/textCaptured"]
+    final, emotion, language, hermes = (json.loads(m.payload) for m in out)
+    assert "internal" not in final and final["timing"] == {"queue_ms": 1.0, "decode_ms": 20.0,
+                                                           "endpoint_delay_ms": 300.0}
+    assert (final["seq"], emotion["seq"], language["seq"]) == (1, 2, 3)
+    assert emotion["label"] == "happy" and language["scores"] == {"en": 0.9} and emotion["utterance_id"] == 3
+    assert hermes == {"text": "hello", "likelihood": 0.7, "seconds": 0.02, "siteId": "kitchen",
+                      "sessionId": "0123abcd-3", "wakewordId": None, "lang": "en"}
+    for name, body in (("final.json", final), ("emotion.json", emotion), ("language.json", language),
+                       ("hermes-text-captured.json", hermes)):
+        jsonschema.validate(body, schema(name))
+    # no words, no mood: an empty final carries no emotion/language messages
+    assert [m.kind for m in mapper.map({**FINAL, "text": ""})] == ["final", "hermes_text"]
+    with pytest.raises(ValueError, match="unknown event type"):
+        mapper.map({"type": "bogus"})
+
+
+def test_discovery_configs():
+    msgs = dict(discovery_messages(Topics("stt-agent", "kiosk.1"), "homeassistant", "", "0.1.0"))
+    assert sorted(msgs) == ["homeassistant/binary_sensor/kiosk_1/listening/config",
+                            "homeassistant/event/kiosk_1/speech/config",
+                            "homeassistant/sensor/kiosk_1/emotion/config",
+                            "homeassistant/sensor/kiosk_1/language/config",
+                            "homeassistant/sensor/kiosk_1/last_text/config"]
+    for payload in msgs.values():
+        config = json.loads(payload)
+        assert config["availability_topic"] == "stt-agent/kiosk.1/status"
+        assert config["device"]["identifiers"] == ["stt-agent_kiosk_1"] and config["unique_id"].startswith("stt_agent")
+    text = json.loads(msgs["homeassistant/sensor/kiosk_1/last_text/config"])
+    assert text["value_template"] == "{{ value_json.text[:255] }}" and text["json_attributes_topic"].endswith("final")
+    assert json.loads(msgs["homeassistant/event/kiosk_1/speech/config"])["event_types"] == ["final"]
