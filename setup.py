@@ -30,7 +30,9 @@ setup(
         "gpu": ["onnxruntime-gpu>=1.17"],
         # Export tooling only: never needed by the daemon.
         "export": ["torch>=2.1", "onnx>=1.15", "onnxruntime>=1.17"],
-        "test": ["pytest>=7", "hypothesis>=6", "onnx>=1.15"],
+        "test": ["pytest>=7", "hypothesis>=6", "onnx>=1.15", "jsonschema>=4"],
+        # Structured journald fields; builds from source (apt: libsystemd-dev pkg-config gcc python3-dev).
+        "journald": ["systemd-python>=235"],
         "bench": ["sherpa-onnx>=1.10", "onnx>=1.15"],
     },
     entry_points={"console_scripts": ["stt-agent=agent.cli:main"]},

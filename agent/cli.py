@@ -117,6 +117,7 @@ def cmd_run(args) -> int:
     from agent.pipeline.live import LivePipeline
     from agent.pipeline.sink import JsonLinesSink
     from agent.recognizer import load_recognizer
+    from agent.service import Progress, Watchdog, enable_fault_handler, setup_logging
 
     settings = _load_settings(args)
     _apply_recognizer_flags(settings.recognizer, args)
@@ -127,22 +128,83 @@ def cmd_run(args) -> int:
     if args.vad is not None:
         settings.vad.kind = args.vad
     _recheck(settings)
-    if args.events != "-":
-        raise AgentError(f"--events {args.events}: only '-' (JSON lines on stdout) is supported so far")
+    setup_logging(settings.logging, args.verbose)
+    enable_fault_handler()
     if settings.audio.input not in ("mic", "-") and not os.path.isfile(settings.audio.input):
         from agent.audio_file import AudioFileError
 
         raise AudioFileError(f"{settings.audio.input}: no such file")  # before a model load of seconds
+    stop = threading.Event()
+    progress = Progress()
+    state = {"pipeline": None, "publisher": None}
+    dog = Watchdog.from_settings(progress, settings.watchdog, status=lambda: _status(state))
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: (stop.set(), dog.stopping()))
+    dog.start()  # pings while the model loads; READY only once it is warm and the source is open
+    if "tensorrt" in settings.recognizer.providers:
+        dog.extend_startup(600)  # a first TensorRT engine build takes minutes
     recognizer = load_recognizer(settings.recognizer)
     segmenter = Segmenter.from_settings(load_vad(settings.vad), settings.segmenter, settings.vad)
     source = open_source(settings.audio)
-    sink = JsonLinesSink(sys.stdout)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    log.info("listening on %s", settings.audio.input)
-    drained = LivePipeline(source, segmenter, recognizer, sink, settings.pipeline).run(stop)
+    sinks = []
+    if args.events == "-" or (args.events is None and not settings.mqtt.enabled):
+        sinks.append(JsonLinesSink(sys.stdout))
+    elif args.events not in (None, "mqtt"):
+        raise AgentError(f"--events {args.events}: expected - (JSON lines on stdout) or mqtt")
+    if args.events == "mqtt" and not settings.mqtt.enabled:
+        raise AgentError("--events mqtt: set mqtt.enabled: true (and mqtt.host) in the config")
+    pipeline = LivePipeline(source, segmenter, recognizer, lambda e: [sink(e) for sink in sinks],
+                            settings.pipeline, progress=progress)
+    state["pipeline"] = pipeline
+    if settings.mqtt.enabled:
+        state["publisher"] = _start_publisher(settings, recognizer, source, pipeline)
+        sinks.append(state["publisher"])
+    log.info("listening on %s", settings.audio.input, extra={"EVENT": "ready",
+                                                             "PROVIDER": recognizer.info["provider"]})
+    dog.ready(f"listening on {settings.audio.input} with {recognizer.info['provider']}")
+    try:
+        drained = pipeline.run(stop)
+    finally:
+        if state["publisher"] is not None:
+            state["publisher"].stop()
+        dog.stop()
     return EXIT_OK if drained else EXIT_FAILED
+
+
+def _status(state) -> dict:
+    pipeline, publisher = state["pipeline"], state["publisher"]
+    status = {"provider": pipeline.recognizer.info["provider"] if pipeline else None,
+              "utterances": pipeline.utterances if pipeline else 0,
+              "last_latency_ms": pipeline.last_latency_ms if pipeline else None}
+    if publisher is not None:
+        status["broker"] = publisher.connected
+    return status
+
+
+def _start_publisher(settings, recognizer, source, pipeline):
+    from agent.mqtt.publisher import MqttPublisher
+
+    def health():
+        stats = source.stats()
+        return {"provider": recognizer.info["provider"], "model": recognizer.info["model_file"],
+                "overflows": stats.overflows, "samples_lost": stats.lost_samples,
+                "audio_device": {"state": stats.state, "name": stats.device}, "muted": pipeline.muted}
+
+    def on_command(command):
+        name = command["command"]
+        if name in ("mute", "unmute"):
+            pipeline.muted = name == "mute"
+        elif name == "clear_language":
+            pipeline.options = None
+        elif name == "set_language":
+            pipeline.options = recognizer.options(
+                language=command.get("language", "auto"),
+                allowed_languages=tuple(command.get("allowed_languages", ())))
+        log.info("command %s applied", name, extra={"EVENT": "command"})
+
+    publisher = MqttPublisher(settings.mqtt, health=health, on_command=on_command)
+    publisher.start()
+    return publisher
 
 
 def cmd_check_config(args) -> int:
@@ -187,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--input", help="mic, a WAV file, or - for raw s16le 16 kHz mono PCM on stdin")
     rn.add_argument("--fast", action="store_true", help="read a WAV file as fast as possible, not in real time")
     rn.add_argument("--vad", choices=("silero", "energy"), help="voice activity detector")
-    rn.add_argument("--events", default="-", help="where events go: - = JSON lines on stdout (default)")
+    rn.add_argument("--events", default=None,
+                    help="- = JSON lines on stdout (default when mqtt.enabled is false), mqtt = only to the broker")
     _add_recognizer_flags(rn)
     rn.set_defaults(func=cmd_run)
 

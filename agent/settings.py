@@ -11,7 +11,9 @@ from typing import Dict, List
 from agent.audio.settings import AudioSettings
 from agent.config_schema import load_settings, section, setting
 from agent.listening.settings import SegmenterSettings, VadSettings
+from agent.mqtt.settings import MqttSettings
 from agent.pipeline.settings import PipelineSettings
+from agent.service.settings import LoggingSettings, WatchdogSettings
 
 PROVIDERS = ("tensorrt", "cuda", "cpu")
 PRECISIONS = ("auto", "int8", "fp32", "fp16")
@@ -83,6 +85,9 @@ class Settings:
     segmenter: SegmenterSettings = section(SegmenterSettings, "Cutting the stream into utterances.")
     pipeline: PipelineSettings = section(PipelineSettings, "Partial and final decode scheduling.")
     recognizer: RecognizerSettings = section(RecognizerSettings, "The speech recognizer.")
+    mqtt: MqttSettings = section(MqttSettings, "Publishing events to an MQTT broker.")
+    logging: LoggingSettings = section(LoggingSettings, "Logs: journald fields or stderr lines.")
+    watchdog: WatchdogSettings = section(WatchdogSettings, "systemd watchdog: ping only while the pipeline moves.")
 
 
 def load(path=None) -> Settings:

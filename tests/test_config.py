@@ -275,7 +275,7 @@ def test_several_problems_are_all_reported(tmp_path):
           language: xx
           use_itn: 1
           emotion_map: {happy: joy}
-        mqtt:
+        mqt:
           host: x
     """)
     text = "\n".join(problems)
@@ -287,7 +287,7 @@ def test_several_problems_are_all_reported(tmp_path):
                  "recognizer.cuda.device_id (line 8)", "got '0'",
                  "recognizer.language (line 9)", "'xx'",
                  "recognizer.use_itn (line 10)", "got 1",
-                 "mqtt (line 12)"):
+                 "mqt (line 12)"):
         assert part in text, (part, problems)
 
 

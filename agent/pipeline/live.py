@@ -33,8 +33,13 @@ class Clock:
 
 
 class LivePipeline:
-    def __init__(self, source, segmenter, recognizer, emit: Callable[[dict], None], settings: PipelineSettings):
+    def __init__(self, source, segmenter, recognizer, emit: Callable[[dict], None], settings: PipelineSettings,
+                 progress=None):
         self.source = source
+        self.progress = progress  # agent.service.Progress: lets the systemd watchdog see the pipeline move
+        self.options = None  # DecodeOptions set at run time (MQTT language commands); None = defaults
+        self.muted = False
+        self.last_latency_ms = None
         self.segmenter = segmenter
         self.recognizer = recognizer
         self.settings = settings
@@ -57,8 +62,16 @@ class LivePipeline:
                 if block is None:
                     if self.source.ended:
                         break
+                    if self.progress is not None and self.source.state == "waiting_for_device":
+                        self.progress.waiting_for_audio()  # a mic being reopened is not a stall
                     continue
+                if self.progress is not None:
+                    self.progress.audio_consumed()
                 self._clock.arrived(block.end)
+                if self.muted:
+                    for event in self.segmenter.flush():  # an open utterance still gets its final
+                        self._on_segment_event(event)
+                    continue
                 for event in self.segmenter.feed(block.samples, block.start):
                     self._on_segment_event(event)
                 self._maybe_partial()
@@ -114,7 +127,10 @@ class LivePipeline:
 
     # ------------------------------------------------------------------ decode thread
     def _decode(self, audio):
-        return self.recognizer.recognize(audio)
+        if self.progress is None:
+            return self.recognizer.recognize(audio, self.options)
+        with self.progress.decoding():
+            return self.recognizer.recognize(audio, self.options)
 
     def _on_done(self, done: Done):
         start = self._starts.get(done.utterance_id, 0)
@@ -131,6 +147,7 @@ class LivePipeline:
             record["speculative"] = done.speculative
             # End of speech -> final emitted: the latency a listener feels.
             record["endpoint_delay_ms"] = _ms(now - end_wall if end_wall else None)
+            self.last_latency_ms = record["endpoint_delay_ms"]
             for token in record["tokens"]:
                 token["start"] = round(token["start"] + start / RATE, 3)
                 token["end"] = round(token["end"] + start / RATE, 3)
