@@ -108,6 +108,20 @@ def _print_result(path, result, decode_ms, args):
             print(f"  {token.start:7.2f} {token.end:7.2f}  {token.prob:.2f}  {token.text}")
 
 
+def _run_settings(args):
+    """The config file with run's command-line flags applied on top, validated."""
+    settings = _load_settings(args)
+    _apply_recognizer_flags(settings.recognizer, args)
+    if args.input is not None:
+        settings.audio.input = args.input
+    if args.fast:
+        settings.audio.realtime = False
+    if args.vad is not None:
+        settings.vad.kind = args.vad
+    _recheck(settings)
+    return settings
+
+
 def cmd_run(args) -> int:
     import signal
     import threading
@@ -119,15 +133,7 @@ def cmd_run(args) -> int:
     from agent.recognizer import load_recognizer
     from agent.service import Progress, Watchdog, enable_fault_handler, setup_logging
 
-    settings = _load_settings(args)
-    _apply_recognizer_flags(settings.recognizer, args)
-    if args.input is not None:
-        settings.audio.input = args.input
-    if args.fast:
-        settings.audio.realtime = False
-    if args.vad is not None:
-        settings.vad.kind = args.vad
-    _recheck(settings)
+    settings = _run_settings(args)
     setup_logging(settings.logging, args.verbose)
     enable_fault_handler()
     if settings.audio.input not in ("mic", "-") and not os.path.isfile(settings.audio.input):
@@ -140,6 +146,7 @@ def cmd_run(args) -> int:
     dog = Watchdog.from_settings(progress, settings.watchdog, status=lambda: _status(state))
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: (stop.set(), dog.stopping()))
+    signal.signal(signal.SIGHUP, lambda *_: _reload(args, settings, dog))
     dog.start()  # pings while the model loads; READY only once it is warm and the source is open
     if "tensorrt" in settings.recognizer.providers:
         dog.extend_startup(600)  # a first TensorRT engine build takes minutes
@@ -169,6 +176,31 @@ def cmd_run(args) -> int:
             state["publisher"].stop()
         dog.stop()
     return EXIT_OK if drained else EXIT_FAILED
+
+
+def _reload(args, running, dog):
+    """SIGHUP: apply what is safe to change live (the log level); name what needs a restart."""
+    import dataclasses
+
+    from agent.service import setup_logging
+
+    dog.reloading("reloading configuration")
+    try:
+        fresh = _run_settings(args)
+    except AgentError as exc:
+        log.error("reload: configuration rejected, keeping the running one: %s", exc, extra={"EVENT": "reload"})
+        dog.ready("reload rejected: configuration invalid")
+        return
+    running.logging = fresh.logging
+    setup_logging(fresh.logging, args.verbose)
+    changed = [f.name for f in dataclasses.fields(fresh)
+               if f.name != "logging" and getattr(fresh, f.name) != getattr(running, f.name)]
+    if changed:
+        log.warning("reload: log level applied; changes to %s need a restart (systemctl restart stt-agent)",
+                    ", ".join(changed), extra={"EVENT": "reload"})
+    else:
+        log.info("reload: log level applied", extra={"EVENT": "reload"})
+    dog.ready("configuration reloaded")
 
 
 def _status(state) -> dict:

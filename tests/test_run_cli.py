@@ -110,3 +110,30 @@ def test_sigterm_mid_utterance_still_emits_the_final(model, tmp_path):
     assert time.monotonic() - sent < 5.0 + 2.0  # pipeline.drain_timeout_s plus start-up slack
     types = [json.loads(line)["type"] for line in out.splitlines()]
     assert types[-2:] == ["speech_end", "final"]
+
+
+def test_sighup_reloads_the_log_level_and_keeps_running(model, tmp_path):
+    import os
+    import signal
+    import sys
+    import time
+
+    from test_cli import ROOT
+
+    config = tmp_path / "c.yaml"
+    config.write_text(f"recognizer:\n  model_dir: {model}\nvad:\n  kind: energy\nlogging:\n  level: warning\n",
+                      encoding="utf-8")
+    wav = write_wav(tmp_path / "long.wav", np.concatenate([silence(0.3), burst(3.0), silence(3.0)]))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config), "--input", str(wav)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    assert json.loads(proc.stdout.readline())["type"] == "speech_start"
+    config.write_text(config.read_text(encoding="utf-8").replace("warning", "info").replace(
+        "kind: energy", "kind: energy\n  threshold: 0.6"), encoding="utf-8")
+    proc.send_signal(signal.SIGHUP)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "reload: log level applied; changes to vad need a restart" in err
+    assert json.loads(out.splitlines()[-1])["type"] == "final"
