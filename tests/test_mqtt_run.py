@@ -1,0 +1,48 @@
+"""`stt-agent run --input FILE.wav` publishing to a real Mosquitto: the whole path, schemas checked."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+
+import tiny_models as tm
+from mosquitto_fixture import Subscriber, broker_fixture, retained  # noqa: F401 - broker_fixture is a fixture
+from test_cli import ROOT, run, write_wav
+
+SCHEMAS = ROOT / "docs" / "schemas"
+
+
+def schema(name):
+    return json.loads((SCHEMAS / f"{name}.json").read_text(encoding="utf-8"))
+
+
+def test_run_publishes_finals_vad_emotion_language_and_status(broker, tmp_path):
+    model = tm.write_sherpa(tmp_path / "model")
+    rng = np.random.default_rng(0)
+    audio = np.concatenate([np.zeros(8000), rng.standard_normal(24000) * 6000, np.zeros(16000),
+                            rng.standard_normal(20000) * 6000, np.zeros(16000)])
+    wav = write_wav(tmp_path / "conv.wav", audio)
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"recognizer:\n  model_dir: {model}\nvad:\n  kind: energy\n"
+        f"mqtt:\n  enabled: true\n  host: {broker.host}\n  port: {broker.port}\n  device_id: box1\n",
+        encoding="utf-8")
+    sub = Subscriber(broker, "stt-agent/box1/#")
+    proc = run("run", "--config", str(config), "--input", str(wav), "--fast")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ""  # with MQTT enabled, events go to the broker only
+    finals = sub.wait_topic("stt-agent/box1/stt/final", count=2)
+    vad = sub.wait_topic("stt-agent/box1/vad", count=4)
+    emotion = sub.wait_topic("stt-agent/box1/emotion", count=2)
+    language = sub.wait_topic("stt-agent/box1/language", count=2)
+    for messages, name in ((finals, "final"), (vad, "vad"), (emotion, "emotion"), (language, "language")):
+        for message in messages:
+            jsonschema.validate(json.loads(message.payload), schema(name))
+    texts = [json.loads(m.payload)["text"] for m in finals]
+    assert all(t.startswith(tm.PATTERN_TEXT) for t in texts)
+    assert [json.loads(m.payload)["utterance_id"] for m in finals] == [1, 2]
+    assert retained(broker, "stt-agent/box1/status") == b"offline"  # a clean stop says so itself
+    sub.close()
