@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import os
 import dataclasses
 import typing
 from pathlib import Path
@@ -37,6 +38,7 @@ class _Lines:
 
     def __init__(self, source: str | None):
         self.by_path: dict[str, int] = {}
+        self.from_env: dict[str, str] = {}  # dotted path -> the environment variable that set it
         self.duplicates: list[str] = []  # "path (line N)" of keys given twice in one mapping
         if source:
             try:
@@ -63,6 +65,8 @@ class _Lines:
                 self._walk(item, path)
 
     def where(self, path: str) -> str:
+        if path in self.from_env:
+            return f" (from environment {self.from_env[path]})"
         line = self.by_path.get(path)
         return f" (line {line})" if line else ""
 
@@ -171,13 +175,14 @@ def build(cls, data: Any, *, path: str = "", problems: list | None = None, lines
     return obj
 
 
-def load_settings(cls, path: str | Path | None):
-    """Read and validate a YAML file into `cls`; raise ConfigError listing every problem."""
+def load_settings(cls, path: str | Path | None, env=None):
+    """Read and validate a YAML file (and STT_AGENT_* overrides) into `cls`; raise ConfigError listing every problem."""
     if path is None:
-        return cls()
-    path = Path(path)
+        path, source = Path("(defaults)"), ""
+    else:
+        path = Path(path)
     try:
-        source = path.read_text(encoding="utf-8")
+        source = source if str(path) == "(defaults)" else path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
     except UnicodeDecodeError as exc:
@@ -193,7 +198,53 @@ def load_settings(cls, path: str | Path | None):
         raise ConfigError(f"{path}{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
     lines = _Lines(source)
     problems: list[str] = [f"{d}: key given twice (YAML would silently keep the last one)" for d in lines.duplicates]
+    data = apply_env(cls, data, os.environ if env is None else env, problems, lines)
     settings = build(cls, data, problems=problems, lines=lines)
     if problems:
         raise ConfigError([f"{path}: {p}" for p in problems])
     return settings
+
+
+ENV_PREFIX = "STT_AGENT_"
+
+
+def apply_env(cls, data, env, problems: list, lines: _Lines):
+    """Deployment overrides: STT_AGENT_<SECTION>__<KEY>=value (e.g. STT_AGENT_MQTT__HOST=broker.lan).
+
+    Values are read as YAML scalars (numbers, true/false), except for string settings, which
+    take the text as it is. A variable naming no setting is an error, like an unknown key.
+    """
+    data = copy.deepcopy(data) if isinstance(data, dict) else ({} if data is None else data)
+    if not isinstance(data, dict):
+        return data
+    for name in sorted(env):
+        rest = name[len(ENV_PREFIX):]
+        if not name.startswith(ENV_PREFIX) or "__" not in rest:
+            continue  # STT_AGENT_CONFIG and friends are not settings
+        keys = rest.lower().split("__")
+        target, tp = data, cls
+        for depth, key in enumerate(keys):
+            fields = {f.name: f for f in dataclasses.fields(tp)}
+            hint = typing.get_type_hints(tp).get(key)
+            if key not in fields or (depth < len(keys) - 1 and not dataclasses.is_dataclass(hint)):
+                problems.append(f"environment {name}: {'.'.join(keys)} is not a setting")
+                break
+            if depth == len(keys) - 1:
+                target[key] = env[name] if _is_str(hint) else _scalar(env[name])
+                lines.from_env[".".join(keys)] = name
+                break
+            if not isinstance(target.get(key), dict):
+                target[key] = {}
+            target, tp = target[key], hint
+    return data
+
+
+def _is_str(tp) -> bool:
+    return tp is str or (typing.get_origin(tp) is typing.Union and str in typing.get_args(tp))
+
+
+def _scalar(text: str):
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text

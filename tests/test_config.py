@@ -436,3 +436,23 @@ def test_shipped_config_documents_every_key():
                 assert data[f.name] == value, f"config.yaml's {path}{f.name} is not the default"
 
     walk(S.Settings(), shipped, "")
+
+
+def test_environment_overrides_deployment_values(tmp_path):
+    from agent.config_schema import load_settings
+    from agent.errors import ConfigError
+    from agent.settings import Settings
+
+    path = tmp_path / "c.yaml"
+    path.write_text("mqtt:\n  host: localhost\n", encoding="utf-8")
+    env = {"STT_AGENT_MQTT__HOST": "broker.lan", "STT_AGENT_MQTT__PORT": "8883", "STT_AGENT_MQTT__DEVICE_ID": "007",
+           "STT_AGENT_MQTT__TLS__ENABLED": "true", "STT_AGENT_CONFIG": "ignored", "OTHER__X": "1"}
+    settings = load_settings(Settings, path, env=env)
+    assert (settings.mqtt.host, settings.mqtt.port, settings.mqtt.device_id) == ("broker.lan", 8883, "007")
+    assert settings.mqtt.tls.enabled is True
+    assert load_settings(Settings, None, env={"STT_AGENT_RECOGNIZER__CPU__THREADS": "4"}).recognizer.cpu.threads == 4
+    with pytest.raises(ConfigError) as info:
+        load_settings(Settings, path, env={"STT_AGENT_MQTT__HOTS": "x", "STT_AGENT_MQTT__PORT": "abc"})
+    text = str(info.value)
+    assert "environment STT_AGENT_MQTT__HOTS: mqtt.hots is not a setting" in text
+    assert "mqtt.port (from environment STT_AGENT_MQTT__PORT): expected an integer, got 'abc'" in text
