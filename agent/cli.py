@@ -260,9 +260,7 @@ def _add_recognizer_flags(parser):
     itn.add_argument("--no-itn", dest="itn", action="store_false", help="plain words, no punctuation")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from agent import model_fetch
-
+def build_parser(argv=None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stt-agent", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"stt-agent {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
@@ -290,12 +288,18 @@ def build_parser() -> argparse.ArgumentParser:
     cc.add_argument("--config", help=f"config file (default: ${CONFIG_ENV}, else ./config.yaml)")
     cc.set_defaults(func=cmd_check_config)
 
-    model_fetch.add_subparser(sub)
+    argv = sys.argv[1:] if argv is None else argv
+    if "model" in argv or not {"-h", "--help"}.isdisjoint(argv) or not argv:
+        from agent import model_fetch  # ~50 ms of imports that transcribe and run never need
+
+        model_fetch.add_subparser(sub)
+    else:
+        sub.add_parser("model", help="download and list SenseVoiceSmall ONNX models")
     return parser
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     try:
