@@ -5,14 +5,13 @@ from __future__ import annotations
 import itertools
 import math
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from speech import espeak
 
-from agent.audio_file import load_audio
 from agent.config_schema import build
 from agent.listening import (
     EnergyVad,
@@ -364,15 +363,6 @@ def test_segmenter_settings_defaults_and_checks():
 # ---------------------------------------------------------------------------------------------
 # Silero on speech
 # ---------------------------------------------------------------------------------------------
-
-def espeak(tmp_path, text, name):
-    """Speech from espeak-ng as 16 kHz float32 on the int16 scale, leading and trailing silence trimmed."""
-    path = tmp_path / name
-    subprocess.run(["espeak-ng", "-v", "en", "-s", "160", "-w", str(path), text], check=True, capture_output=True)
-    x = load_audio(path)
-    loud = np.flatnonzero(np.abs(x) > 300)
-    return x[loud[0]:loud[-1] + 1]
-
 
 @pytest.fixture(scope="module")
 def phrases(tmp_path_factory):

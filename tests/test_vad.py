@@ -9,8 +9,8 @@ import textwrap
 
 import numpy as np
 import pytest
+from speech import espeak
 
-from agent.audio_file import load_audio
 from agent.config_schema import build
 from agent.errors import ConfigError
 from agent.listening import EnergyVad, SileroVad, Vad, VadSettings, load_vad
@@ -45,15 +45,6 @@ def frames(x):
 
 def scores(vad, x):
     return np.array([vad.speech_probability(f) for f in frames(x)])
-
-
-def espeak(tmp_path, text, name="speech.wav"):
-    """Speech from espeak-ng as 16 kHz float32 on the int16 scale, leading and trailing silence trimmed."""
-    path = tmp_path / name
-    subprocess.run(["espeak-ng", "-v", "en", "-s", "160", "-w", str(path), text], check=True, capture_output=True)
-    x = load_audio(path)
-    loud = np.flatnonzero(np.abs(x) > 300)
-    return x[loud[0]:loud[-1] + 1]
 
 
 @pytest.fixture(scope="module")
