@@ -166,11 +166,13 @@ def cmd_run(args) -> int:
     if settings.mqtt.enabled:
         state["publisher"] = _start_publisher(settings, recognizer, source, pipeline)
         sinks.append(state["publisher"])
-    log.info("listening on %s", settings.audio.input, extra={"EVENT": "ready",
-                                                             "PROVIDER": recognizer.info["provider"]})
-    dog.ready(f"listening on {settings.audio.input} with {recognizer.info['provider']}")
+    def started():
+        log.info("listening on %s", settings.audio.input,
+                 extra={"EVENT": "ready", "PROVIDER": recognizer.info["provider"]})
+        dog.ready(f"listening on {settings.audio.input} with {recognizer.info['provider']}")
+
     try:
-        drained = pipeline.run(stop)
+        drained = pipeline.run(stop, on_started=started)  # READY=1: model warm and audio source open
     finally:
         if state["publisher"] is not None:
             state["publisher"].stop()

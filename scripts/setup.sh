@@ -20,6 +20,9 @@ done
 if [ -z "$runtime" ]; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then runtime=gpu; else runtime=cpu; fi
 fi
+# journald fields need systemd-python, which builds from source: take it when libsystemd's headers are here
+# (apt-get install libsystemd-dev pkg-config gcc python3-dev), else logs go to stderr lines.
+if pkg-config --exists libsystemd 2>/dev/null; then extras+=(journald); fi
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 # --export: install a CPU build of torch first if you want one; a plain `torch` requirement may pull a CUDA build.

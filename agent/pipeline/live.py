@@ -52,10 +52,15 @@ class LivePipeline:
         self.utterances = 0
 
     # ------------------------------------------------------------------ pipeline thread
-    def run(self, stop: threading.Event) -> bool:
-        """Run until the source ends or `stop` is set; True if every final was drained in time."""
+    def run(self, stop: threading.Event, on_started: Optional[Callable[[], None]] = None) -> bool:
+        """Run until the source ends or `stop` is set; True if every final was drained in time.
+
+        `on_started` runs once the source is open (the service sends READY=1 there).
+        """
         self.scheduler.start()
         self.source.start()
+        if on_started is not None:
+            on_started()
         try:
             while not stop.is_set():
                 block = self.source.read(timeout=0.2)
