@@ -36,7 +36,8 @@ def events_of(proc):
 def test_two_utterances_with_partials_and_finals(model, tmp_path):
     audio = np.concatenate([silence(0.5), burst(1.5), silence(1.0), burst(1.0, seed=1), silence(1.0)])
     wav = write_wav(tmp_path / "conv.wav", audio)
-    events = events_of(run("run", "--input", str(wav), "--model", str(model), "--vad", "energy", "--fast"))
+    proc = run("run", "--input", str(wav), "--model", str(model), "--vad", "energy", "--fast")
+    events = events_of(proc)
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     per_utterance = {}
     for e in events:
@@ -53,6 +54,10 @@ def test_two_utterances_with_partials_and_finals(model, tmp_path):
     assert starts[0]["at"] == pytest.approx(0.5, abs=0.07) and starts[1]["at"] == pytest.approx(3.0, abs=0.07)
     assert ends[0]["at"] == pytest.approx(2.0 + 0.2, abs=0.1) and ends[1]["at"] == pytest.approx(4.0 + 0.2, abs=0.1)
     finals = [e for e in events if e["type"] == "final"]
+    # Operators query the journal by these fields; the speech text stays out (log_text is off).
+    logged = [line for line in proc.stderr.splitlines() if "EVENT=final" in line]
+    assert len(logged) == 2 and "UTTERANCE_ID=1" in logged[0] and "LATENCY_MS=" in logged[0]
+    assert tm.PATTERN_TEXT not in proc.stderr
     for final in finals:
         assert final["text"].startswith(tm.PATTERN_TEXT)
         assert final["tokens"][0]["start"] >= final["audio_start"]

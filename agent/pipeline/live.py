@@ -153,6 +153,13 @@ class LivePipeline:
             # End of speech -> final emitted: the latency a listener feels.
             record["endpoint_delay_ms"] = _ms(now - end_wall if end_wall else None)
             self.last_latency_ms = record["endpoint_delay_ms"]
+            # Fields operators query in the journal; the text goes only in TEXT (dropped unless log_text).
+            log.info("final of utterance %s: %s ms after end of speech, decode %.0f ms", done.utterance_id,
+                     record["endpoint_delay_ms"], done.decode_ms,
+                     extra={"EVENT": "final", "UTTERANCE_ID": done.utterance_id,
+                            "LATENCY_MS": record["endpoint_delay_ms"], "DECODE_MS": round(done.decode_ms, 1),
+                            "LANGUAGE": record["language"], "EMOTION": record["emotion"],
+                            "TEXT": record["text"]})
             for token in record["tokens"]:
                 token["start"] = round(token["start"] + start / RATE, 3)
                 token["end"] = round(token["end"] + start / RATE, 3)
