@@ -15,6 +15,16 @@ from test_cli import ROOT, run, write_wav
 SCHEMAS = ROOT / "docs" / "schemas"
 
 
+def mqtt_config(tmp_path, model, broker, device_id):
+    """A config that sends run's events to the test broker, with the deterministic energy VAD."""
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"recognizer:\n  model_dir: {model}\nvad:\n  kind: energy\n"
+        f"mqtt:\n  enabled: true\n  host: {broker.host}\n  port: {broker.port}\n  device_id: {device_id}\n",
+        encoding="utf-8")
+    return config
+
+
 def schema(name):
     return json.loads((SCHEMAS / f"{name}.json").read_text(encoding="utf-8"))
 
@@ -25,11 +35,7 @@ def test_run_publishes_finals_vad_emotion_language_and_status(broker, tmp_path):
     audio = np.concatenate([np.zeros(8000), rng.standard_normal(24000) * 6000, np.zeros(16000),
                             rng.standard_normal(20000) * 6000, np.zeros(16000)])
     wav = write_wav(tmp_path / "conv.wav", audio)
-    config = tmp_path / "c.yaml"
-    config.write_text(
-        f"recognizer:\n  model_dir: {model}\nvad:\n  kind: energy\n"
-        f"mqtt:\n  enabled: true\n  host: {broker.host}\n  port: {broker.port}\n  device_id: box1\n",
-        encoding="utf-8")
+    config = mqtt_config(tmp_path, model, broker, "box1")
     sub = Subscriber(broker, "stt-agent/box1/#")
     proc = run("run", "--config", str(config), "--input", str(wav), "--fast")
     assert proc.returncode == 0, proc.stderr
@@ -62,11 +68,7 @@ def test_commands_change_the_running_daemon(broker, tmp_path):
     # t=3 s: utterance 1 (after set_language); t=6 s: speech while muted (must not be heard).
     audio = np.concatenate([np.zeros(48000), speech(), np.zeros(32000), speech(), np.zeros(32000)])
     wav = write_wav(tmp_path / "a.wav", audio)
-    config = tmp_path / "c.yaml"
-    config.write_text(
-        f"recognizer:\n  model_dir: {model}\nvad:\n  kind: energy\n"
-        f"mqtt:\n  enabled: true\n  host: {broker.host}\n  port: {broker.port}\n  device_id: box2\n",
-        encoding="utf-8")
+    config = mqtt_config(tmp_path, model, broker, "box2")
     sub = Subscriber(broker, "stt-agent/box2/#")
     proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config), "--input", str(wav)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
