@@ -163,3 +163,13 @@ def test_unavailable_provider_is_logged_and_the_next_used(model_dir, caplog):
 def test_no_usable_provider_is_an_error(model_dir):
     with pytest.raises(ModelError, match="none of the configured providers"):
         load_recognizer(RecognizerSettings(model_dir=str(model_dir), providers=["tensorrt", "cuda"]))
+
+
+def test_a_cancelled_decode_raises_and_an_uncancelled_one_is_unaffected(recognizer):
+    from agent.recognizer import CancelToken, DecodeCancelled
+
+    token = CancelToken()
+    assert recognizer.recognize(noise(tm.ONE_PATTERN_SAMPLES), cancel=token).text == tm.PATTERN_TEXT
+    token.cancel()
+    with pytest.raises(DecodeCancelled):
+        recognizer.recognize(noise(tm.ONE_PATTERN_SAMPLES), cancel=token)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from agent.pipeline.scheduler import FINAL, PARTIAL, Scheduler
+from agent.recognizer.cancel import DecodeCancelled
 
 TIMEOUT = 5.0
 
@@ -20,10 +21,12 @@ class GatedDecoder:
         self._gate = threading.Semaphore(0)
         self._started = threading.Semaphore(0)
 
-    def __call__(self, audio):
+    def __call__(self, audio, cancel=None):
         self.started.append(len(audio))
         self._started.release()
-        assert self._gate.acquire(timeout=TIMEOUT)
+        while not self._gate.acquire(timeout=0.01):
+            if cancel is not None and cancel.cancelled:
+                raise DecodeCancelled()
         return f"text of {len(audio)}"
 
     def wait_started(self, count=1):
@@ -148,7 +151,7 @@ def test_speculative_that_misses_later_speech_is_not_used(parts):
 def test_partial_interval_stretches_with_decode_time():
     import time
 
-    def slow(audio_):
+    def slow(audio_, cancel=None):
         time.sleep(0.05)
         return "x"
 
@@ -167,7 +170,7 @@ def test_partial_interval_stretches_with_decode_time():
 def test_a_failing_decode_or_publisher_does_not_kill_the_worker():
     calls = []
 
-    def flaky(a):
+    def flaky(a, cancel=None):
         calls.append(len(a))
         if len(a) == 1:
             raise RuntimeError("boom")
@@ -223,3 +226,18 @@ def test_a_partial_finishing_after_the_endpoint_is_not_published(parts):
     assert scheduler.stop(TIMEOUT)
     assert [(d.kind, d.utterance_id) for d in out.done] == [(FINAL, 1)]
     assert scheduler.skipped_partials == 1
+
+
+def test_a_running_partial_is_cancelled_when_the_speculative_final_arrives(parts):
+    """The final never waits behind a partial: the speculative decode starts without the partial finishing."""
+    scheduler, decoder, out = parts
+    scheduler.request_partial(1, audio(100), 100)
+    decoder.wait_started()
+    scheduler.request_speculative(1, audio(300), 300)
+    decoder.wait_started()  # started although the partial's decode was never released
+    assert decoder.started == [100, 300]
+    assert scheduler.cancelled_partials == 1
+    scheduler.request_final(1, audio(300), 300)
+    decoder.release()
+    (done,) = out.wait_for(1)
+    assert (done.kind, done.speculative) == (FINAL, True)

@@ -131,11 +131,11 @@ class LivePipeline:
                     **extra})
 
     # ------------------------------------------------------------------ decode thread
-    def _decode(self, audio):
+    def _decode(self, audio, cancel):
         if self.progress is None:
-            return self.recognizer.recognize(audio, self.options)
+            return self.recognizer.recognize(audio, self.options, cancel=cancel)
         with self.progress.decoding():
-            return self.recognizer.recognize(audio, self.options)
+            return self.recognizer.recognize(audio, self.options, cancel=cancel)
 
     def _on_done(self, done: Done):
         start = self._starts.get(done.utterance_id, 0)

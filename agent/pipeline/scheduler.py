@@ -5,6 +5,7 @@ The model is the bottleneck, so this decides what it works on next:
 - a partial is only "the latest audio of the open utterance": a newer request replaces an older
   one that has not started (latest audio wins), and partials are spaced so the model's duty cycle
   stays under a budget (the interval stretches as decodes of a growing utterance get slower);
+- a speculative or final decode cancels a partial in progress (it would only delay the final);
 - a speculative final starts the moment the VAD first hears silence; if the silence lasts to the
   endpoint its result is the final, published at once, so the final costs endpoint silence instead
   of endpoint silence + a full decode. If speech resumes, it is dropped.
@@ -20,6 +21,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from agent.recognizer.cancel import CancelToken, DecodeCancelled
+
 log = logging.getLogger(__name__)
 
 PARTIAL, FINAL, SPECULATIVE = "partial", "final", "speculative"
@@ -32,6 +35,7 @@ class Job:
     audio: np.ndarray
     end_sample: int  # stream position of the last speech sample `audio` covers
     submitted: float = field(default_factory=time.monotonic)
+    cancel: CancelToken = field(default_factory=CancelToken)
 
 
 @dataclass
@@ -49,7 +53,7 @@ class Done:
 
 
 class Scheduler:
-    def __init__(self, decode: Callable[[np.ndarray], object], emit: Callable[[Done], None],
+    def __init__(self, decode: Callable[[np.ndarray, CancelToken], object], emit: Callable[[Done], None],
                  partial_interval_s: float = 0.5, duty_budget: float = 0.5):
         self._decode = decode
         self._emit = emit
@@ -67,6 +71,7 @@ class Scheduler:
         self._next_partial_at = 0.0
         self._stopping = False
         self.skipped_partials = 0
+        self.cancelled_partials = 0
         self._thread = threading.Thread(target=self._run, name="decode", daemon=True)
 
     # ------------------------------------------------------------------ requests (pipeline thread)
@@ -87,6 +92,7 @@ class Scheduler:
     def request_speculative(self, utterance_id: int, audio: np.ndarray, end_sample: int):
         with self._cond:
             self._drop_partials(utterance_id)
+            self._cancel_running_partial()
             self._speculative = Job(SPECULATIVE, utterance_id, audio, end_sample)
             self._spec_results[utterance_id] = (end_sample, None)
             self._cond.notify()
@@ -103,6 +109,7 @@ class Scheduler:
         ready = None
         with self._cond:
             self._drop_partials(utterance_id)
+            self._cancel_running_partial()
             self._ended.add(utterance_id)
             self._ended.discard(utterance_id - 100)  # keep the set small; ids only grow
             job = Job(FINAL, utterance_id, audio, end_sample)
@@ -139,6 +146,11 @@ class Scheduler:
             return self._running is not None
 
     # ------------------------------------------------------------------ worker (decode thread)
+    def _cancel_running_partial(self):
+        """A final must never wait behind a partial: abort the one decoding now (ONNX Runtime stops in ms)."""
+        if self._running is not None and self._running.kind == PARTIAL:
+            self._running.cancel.cancel()
+
     def _drop_partials(self, utterance_id: int):
         if self._partial is not None and self._partial.utterance_id == utterance_id:
             self._partial = None
@@ -167,7 +179,10 @@ class Scheduler:
                 return
             started = time.monotonic()
             try:
-                result = self._decode(job.audio)
+                result = self._decode(job.audio, job.cancel)
+            except DecodeCancelled:
+                self.cancelled_partials += 1
+                result = None
             except Exception:  # one bad decode must not kill the worker
                 log.exception("decode of utterance %s (%s) failed", job.utterance_id, job.kind)
                 result = None

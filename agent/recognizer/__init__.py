@@ -11,10 +11,12 @@ from typing import List, Optional, Protocol, Sequence
 
 import numpy as np
 
+from agent.recognizer.cancel import CancelToken, DecodeCancelled
 from agent.recognizer.decoding import DecodeOptions
 from agent.recognizer.result import Recognition, Token
 
-__all__ = ["DecodeOptions", "Recognition", "Recognizer", "Token", "load_recognizer"]
+__all__ = ["CancelToken", "DecodeCancelled", "DecodeOptions", "Recognition", "Recognizer", "Token",
+           "load_recognizer"]
 
 
 class Recognizer(Protocol):
@@ -25,10 +27,11 @@ class Recognizer(Protocol):
     def options(self, **changes) -> DecodeOptions: ...
 
     def recognize(self, samples: np.ndarray, options: Optional[DecodeOptions] = None,
-                  offset: float = 0.0) -> Recognition: ...
+                  offset: float = 0.0, cancel: Optional[CancelToken] = None) -> Recognition: ...
 
     def recognize_batch(self, segments: Sequence[np.ndarray], options: Optional[DecodeOptions] = None,
-                        offsets: Optional[Sequence[float]] = None) -> List[Recognition]: ...
+                        offsets: Optional[Sequence[float]] = None,
+                        cancel: Optional[CancelToken] = None) -> List[Recognition]: ...
 
 
 def load_recognizer(settings) -> Recognizer:

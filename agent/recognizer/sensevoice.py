@@ -9,6 +9,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from agent.errors import ModelError
+from agent.recognizer.cancel import CancelToken, DecodeCancelled
 from agent.recognizer.decoding import PROMPT_FRAMES, Decoder, DecodeOptions, decode_batch
 from agent.recognizer.frontend import SAMPLE_RATE, Frontend
 from agent.recognizer.model_dir import load_vocabulary, locate, read_contract
@@ -75,19 +76,20 @@ class SenseVoiceRecognizer:
         return options
 
     def recognize(self, samples: np.ndarray, options: Optional[DecodeOptions] = None,
-                  offset: float = 0.0) -> Recognition:
+                  offset: float = 0.0, cancel: Optional[CancelToken] = None) -> Recognition:
         """One utterance: float samples at 16 kHz on the int16 scale."""
-        return self.recognize_batch([samples], options, [offset])[0]
+        return self.recognize_batch([samples], options, [offset], cancel)[0]
 
     def recognize_batch(self, segments: Sequence[np.ndarray], options: Optional[DecodeOptions] = None,
-                        offsets: Optional[Sequence[float]] = None) -> List[Recognition]:
+                        offsets: Optional[Sequence[float]] = None,
+                        cancel: Optional[CancelToken] = None) -> List[Recognition]:
         """Several utterances in one session run (zero-padded, with true lengths)."""
         options = options or self.defaults
-        logits, lengths = self.logits(segments, options)
+        logits, lengths = self.logits(segments, options, cancel)
         durations = [len(s) / SAMPLE_RATE for s in segments]
         return decode_batch(self.decoder, logits, lengths, options, durations, offsets)
 
-    def logits(self, segments: Sequence[np.ndarray], options: DecodeOptions):
+    def logits(self, segments: Sequence[np.ndarray], options: DecodeOptions, cancel: Optional[CancelToken] = None):
         """Raw model output (batch, frames, vocab) and each item's valid frame count (prompts included)."""
         features = [self.frontend.features(s) for s in segments]
         lengths = np.array([f.shape[0] for f in features])
@@ -101,10 +103,25 @@ class SenseVoiceRecognizer:
         language = self.contract.language_ids[options.language]
         text_norm = self.contract.itn_ids[0 if options.use_itn else 1]
         io, types = self._io, self._int_types
-        (logits,) = self._session.run([io["logits"]], {
+        feed = {
             io["features"]: batch,
             io["lengths"]: lengths.astype(types["lengths"]),
             io["language"]: np.full(n, language, types["language"]),
             io["text_norm"]: np.full(n, text_norm, types["text_norm"]),
-        })
+        }
+        if cancel is None:
+            (logits,) = self._session.run([io["logits"]], feed)
+            return logits, lengths + PROMPT_FRAMES
+        import onnxruntime
+
+        run_options = onnxruntime.RunOptions()
+        cancel.on_cancel(lambda: setattr(run_options, "terminate", True))  # aborts session.run within ms
+        try:
+            (logits,) = self._session.run([io["logits"]], feed, run_options)
+        except Exception:
+            if cancel.cancelled:
+                raise DecodeCancelled() from None
+            raise
+        if cancel.cancelled:
+            raise DecodeCancelled()
         return logits, lengths + PROMPT_FRAMES
