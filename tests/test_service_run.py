@@ -25,7 +25,7 @@ def test_run_speaks_sd_notify(tmp_path):
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(address)
     sock.settimeout(0.2)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "NOTIFY_SOCKET": address, "WATCHDOG_USEC": "400000"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NOTIFY_SOCKET": address, "WATCHDOG_USEC": "1000000"}
     proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--input", str(wav), "--model", str(model),
                              "--vad", "energy"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=ROOT, env=env)
@@ -39,7 +39,7 @@ def test_run_speaks_sd_notify(tmp_path):
             except socket.timeout:
                 pass
             ready = [t for t, m in messages if "READY=1" in m]
-            if ready and time.monotonic() - ready[0] > 2.0:
+            if ready and time.monotonic() - ready[0] > 3.0:
                 break
         proc.send_signal(signal.SIGTERM)
         while proc.poll() is None and time.monotonic() < deadline + 10:
@@ -57,7 +57,7 @@ def test_run_speaks_sd_notify(tmp_path):
     ready_at = next(t for t, m in messages if "READY=1" in m)
     assert any(m.startswith("STATUS=") or "\nSTATUS=" in m for m in texts)
     pings = [t for t, m in messages if "WATCHDOG=1" in m and t > ready_at]
-    assert len(pings) >= 5, texts  # every ~200 ms for 2 s while audio flows
-    assert max(b - a for a, b in zip(pings, pings[1:])) < 0.4  # never a gap of a whole WATCHDOG_USEC
+    assert len(pings) >= 4, texts  # every ~500 ms (half of WATCHDOG_USEC) for 3 s while audio flows
+    assert max(b - a for a, b in zip(pings, pings[1:])) < 1.0  # never a gap of a whole WATCHDOG_USEC
     assert any("STOPPING=1" in m for m in texts)
     assert [json.loads(line)["type"] for line in out.splitlines()][0] == "speech_start"
