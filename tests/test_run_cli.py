@@ -142,3 +142,31 @@ def test_sighup_reloads_the_log_level_and_keeps_running(model, tmp_path):
     assert proc.returncode == 0, err
     assert "reload: log level applied; changes to vad need a restart" in err
     assert json.loads(out.splitlines()[-1])["type"] == "final"
+
+
+def test_pipeline_keeps_no_state_per_finished_utterance(model):
+    """A daemon runs for months: bookkeeping for ended utterances must not accumulate."""
+    import threading
+
+    from agent.audio import FileSource
+    from agent.listening import EnergyVad, Segmenter
+    from agent.pipeline.live import LivePipeline
+    from agent.pipeline.settings import PipelineSettings
+    from agent.recognizer import load_recognizer
+    from agent.settings import RecognizerSettings
+
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        parts = [silence(0.3)]
+        for i in range(4):
+            parts += [burst(0.8, seed=i), silence(0.8)]
+        wav = write_wav(Path(tmp) / "four.wav", np.concatenate(parts))
+        events = []
+        pipeline = LivePipeline(FileSource(str(wav), realtime=False), Segmenter(EnergyVad()),
+                                load_recognizer(RecognizerSettings(model_dir=str(model), warmup=False)),
+                                events.append, PipelineSettings())
+        assert pipeline.run(threading.Event())
+    assert sum(e["type"] == "final" for e in events) == 4
+    assert pipeline._starts == {} and pipeline._silence_at == {}

@@ -138,7 +138,8 @@ class LivePipeline:
             return self.recognizer.recognize(audio, self.options, cancel=cancel)
 
     def _on_done(self, done: Done):
-        start = self._starts.get(done.utterance_id, 0)
+        # The final is an utterance's last result (later partials are dropped by the scheduler): forget it.
+        start = (self._starts.pop if done.kind == FINAL else self._starts.get)(done.utterance_id, 0)
         end = start + int(round(done.result.duration * RATE))
         now = time.time()
         end_wall = self._clock.wall(done.end_sample)
