@@ -303,7 +303,10 @@ class SenseVoiceSmall(nn.Module):
         )
         x = torch.cat([prompts, x], dim=1)
         encoded = self.encoder(x, x_length + 4)
-        return self.ctc.ctc_lo(encoded).float()
+        logits = self.ctc.ctc_lo(encoded)
+        # No cast in the float32 trace: sherpa-onnx's export ends at ctc_lo, and a trailing
+        # Cast is a graph output ONNX Runtime cannot fold away (one more logits-sized buffer).
+        return logits if logits.dtype == torch.float32 else logits.float()
 
 
 # ---------------------------------------------------------------------------
