@@ -15,8 +15,6 @@ import typing
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from agent.errors import ConfigError
 
 
@@ -41,6 +39,8 @@ class _Lines:
         self.from_env: dict[str, str] = {}  # dotted path -> the environment variable that set it
         self.duplicates: list[str] = []  # "path (line N)" of keys given twice in one mapping
         if source:
+            import yaml
+
             try:
                 node = yaml.compose(source, Loader=yaml.SafeLoader)
             except yaml.YAMLError:
@@ -49,6 +49,8 @@ class _Lines:
                 self._walk(node, "")
 
     def _walk(self, node, prefix):
+        import yaml
+
         if isinstance(node, yaml.MappingNode):
             seen = set()
             for key_node, value_node in node.value:
@@ -190,12 +192,10 @@ def load_settings(cls, path: str | Path | None, env=None):
         raise ConfigError(f"{path} (line {line}): not UTF-8 text (byte 0x{exc.object[exc.start]:02x})") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(source)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise ConfigError(f"{path}{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not source:  # the defaults: yaml's import is a tenth of transcribe's start-up
+        data = None
+    else:
+        data = _parse(source, path)
     lines = _Lines(source)
     problems: list[str] = [f"{d}: key given twice (YAML would silently keep the last one)" for d in lines.duplicates]
     data = apply_env(cls, data, os.environ if env is None else env, problems, lines)
@@ -239,11 +239,24 @@ def apply_env(cls, data, env, problems: list, lines: _Lines):
     return data
 
 
+def _parse(source: str, path: Path):
+    import yaml
+
+    try:
+        return yaml.safe_load(source)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError(f"{path}{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+
+
 def _is_str(tp) -> bool:
     return tp is str or (typing.get_origin(tp) is typing.Union and str in typing.get_args(tp))
 
 
 def _scalar(text: str):
+    import yaml
+
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:

@@ -95,6 +95,13 @@ def test_missing_model_exits_66_with_one_line(wavs, tmp_path):
     assert proc.stderr.strip().count("\n") == 0 and "does not exist" in proc.stderr
 
 
+def test_missing_model_is_the_only_error_even_with_bad_files(wavs, tmp_path):
+    proc = run("transcribe", str(wavs[2]), str(wavs[0]), "--model", str(tmp_path / "none"), "--json")
+    assert proc.returncode == 66
+    assert proc.stdout == ""
+    assert proc.stderr.strip().count("\n") == 0 and "does not exist" in proc.stderr
+
+
 def test_bad_flag_value_exits_78_naming_the_key(wavs, model):
     proc = run("transcribe", str(wavs[0]), "--model", str(model), "--threads", "0")
     assert proc.returncode == 78

@@ -173,3 +173,24 @@ def test_a_cancelled_decode_raises_and_an_uncancelled_one_is_unaffected(recogniz
     token.cancel()
     with pytest.raises(DecodeCancelled):
         recognizer.recognize(noise(tm.ONE_PATTERN_SAMPLES), cancel=token)
+
+
+def test_installed_runtimes_are_read_from_dist_info_and_two_are_warned_about(tmp_path, monkeypatch, caplog):
+    import onnxruntime  # noqa: F401  (before sys.path is replaced below)
+
+    from agent.recognizer import runtime
+
+    for name in ("onnxruntime_gpu-1.20.1.dist-info", "onnxruntime-1.19.2.dist-info", "numpy-2.1.0.dist-info",
+                 "onnxruntime_extensions-0.12.0.dist-info"):
+        (tmp_path / name).mkdir()
+    monkeypatch.setattr("sys.path", [str(tmp_path / "missing"), str(tmp_path)])
+    assert runtime.installed_runtimes() == ["onnxruntime 1.19.2", "onnxruntime-gpu 1.20.1"]
+    with caplog.at_level(logging.WARNING):
+        runtime.import_onnxruntime()
+    assert "pip uninstall -y onnxruntime onnxruntime-gpu" in caplog.text
+
+
+def test_this_environment_has_exactly_one_runtime():
+    from agent.recognizer import runtime
+
+    assert len(runtime.installed_runtimes()) == 1, runtime.installed_runtimes()

@@ -3,14 +3,23 @@
 PortAudio (sounddevice) is imported only when a `MicSource` starts, so files and stdin work
 without it.
 """
-from agent.audio.blocks import RATE, AudioBlock
-from agent.audio.file_source import FileSource
-from agent.audio.mic import MicSource
-from agent.audio.ring_buffer import RingBuffer
-from agent.audio.settings import AudioSettings
-from agent.audio.source import FINISHED, RUNNING, STOPPED, WAITING_FOR_DEVICE, AudioSource, SourceStats
-from agent.audio.sources import open_source
-from agent.audio.stdin_source import StdinSource
+
+_EXPORTS = {
+    "AudioBlock": "agent.audio.blocks",
+    "AudioSettings": "agent.audio.settings",
+    "AudioSource": "agent.audio.source",
+    "FINISHED": "agent.audio.source",
+    "FileSource": "agent.audio.file_source",
+    "MicSource": "agent.audio.mic",
+    "RATE": "agent.audio.blocks",
+    "RUNNING": "agent.audio.source",
+    "RingBuffer": "agent.audio.ring_buffer",
+    "STOPPED": "agent.audio.source",
+    "SourceStats": "agent.audio.source",
+    "StdinSource": "agent.audio.stdin_source",
+    "WAITING_FOR_DEVICE": "agent.audio.source",
+    "open_source": "agent.audio.sources",
+}
 
 __all__ = [
     "FINISHED",
@@ -28,3 +37,16 @@ __all__ = [
     "StdinSource",
     "open_source",
 ]
+
+
+def __getattr__(name):
+    # Imported on first use: `agent.settings` imports this package's settings module, and
+    # importing everything else here too cost transcribe's start-up for nothing.
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 import numpy as np
-import yaml
 
 from agent.errors import ModelError
 from agent.recognizer.frontend import FrontendConfig
@@ -168,6 +167,8 @@ def _sherpa_contract(files: ModelFiles, io, metadata) -> Contract:
 
 
 def _funasr_contract(files: ModelFiles, io) -> Contract:
+    import yaml  # only FunASR exports carry a config.yaml
+
     try:
         config = yaml.safe_load(files.config.read_text(encoding="utf-8")) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import sys
-from importlib import metadata
 from pathlib import Path
 from typing import List, Tuple
 
@@ -22,13 +22,25 @@ RUNTIME_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml
 
 
 def installed_runtimes() -> List[str]:
-    found = []
-    for name in RUNTIME_DISTRIBUTIONS:
+    """Installed ONNX Runtime distributions, as "name version".
+
+    Read from the *.dist-info directory names on sys.path: importlib.metadata gives the same
+    answer but its import alone is ~15 ms of every `transcribe` start.
+    """
+    found = {}
+    for entry in sys.path:
         try:
-            found.append(f"{name} {metadata.version(name)}")
-        except metadata.PackageNotFoundError:
-            pass
-    return found
+            names = os.listdir(entry or ".")
+        except OSError:  # zip files, missing directories
+            continue
+        for name in names:
+            if not name.endswith(".dist-info"):
+                continue
+            dist, _, version = name[: -len(".dist-info")].partition("-")
+            canonical = dist.lower().replace("_", "-").replace(".", "-")
+            if canonical in RUNTIME_DISTRIBUTIONS:
+                found.setdefault(canonical, f"{canonical} {version}")
+    return [found[name] for name in RUNTIME_DISTRIBUTIONS if name in found]
 
 
 def import_onnxruntime():

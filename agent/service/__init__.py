@@ -1,6 +1,7 @@
 """Running as a systemd service: sd_notify, a progress-gated watchdog, journald logging.
 
-- `Notifier` / `notify` / `watchdog_interval` (notify.py): sd_notify over `$NOTIFY_SOCKET`.
+- `Notifier` / `watchdog_interval` (notify.py): sd_notify over `$NOTIFY_SOCKET`. Its `notify()`
+  is imported from agent.service.notify: here the submodule's name would shadow it.
 - `Progress` / `Watchdog` (watchdog.py): pings `WATCHDOG=1` only while the pipeline moves.
 - `setup_logging` (logging.py): journald fields or stderr lines; `LoggingSettings`, `WatchdogSettings`.
 
@@ -24,10 +25,31 @@ when `read` gives None while `source.state == WAITING_FOR_DEVICE`; and in `_deco
 `with progress.decoding(): return self.recognizer.recognize(audio)`.
 """
 
-from agent.service.logging import setup_logging
-from agent.service.notify import Notifier, notify, watchdog_interval
-from agent.service.settings import LoggingSettings, WatchdogSettings
-from agent.service.watchdog import Progress, Watchdog, describe, enable_fault_handler
+
+_EXPORTS = {
+    "LoggingSettings": "agent.service.settings",
+    "Notifier": "agent.service.notify",
+    "Progress": "agent.service.watchdog",
+    "Watchdog": "agent.service.watchdog",
+    "WatchdogSettings": "agent.service.settings",
+    "describe": "agent.service.watchdog",
+    "enable_fault_handler": "agent.service.watchdog",
+    "setup_logging": "agent.service.logging",
+    "watchdog_interval": "agent.service.notify",
+}
 
 __all__ = ["LoggingSettings", "Notifier", "Progress", "Watchdog", "WatchdogSettings", "describe",
-           "enable_fault_handler", "notify", "setup_logging", "watchdog_interval"]
+           "enable_fault_handler", "setup_logging", "watchdog_interval"]
+
+
+def __getattr__(name):
+    # Imported on first use: `agent.settings` imports this package's settings module, and
+    # importing everything else here too cost transcribe's start-up for nothing.
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
