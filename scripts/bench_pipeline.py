@@ -86,15 +86,23 @@ def synthesize(minutes: float, seed: int, workdir: Path):
 
 
 class Recorder:
-    """The pipeline's sink: keeps every event with its arrival time."""
+    """The pipeline's sink: keeps the timing fields of every event.
+
+    Only those: whole events (text, scores, tokens) of thousands of partials would grow this
+    process's RSS by megabytes and hide whether the pipeline's own memory grows.
+    """
+
+    KEEP = ("type", "utterance_id", "at", "at_wall", "emitted_at", "audio_start", "audio_end", "decode_ms",
+            "queue_ms", "speculative", "vad_delay_ms", "endpoint_delay_ms")
 
     def __init__(self):
         self.events = []
         self._lock = threading.Lock()
 
     def __call__(self, event):
+        slim = {k: event[k] for k in self.KEEP if k in event}
         with self._lock:
-            self.events.append({**event, "_received": time.time()})
+            self.events.append(slim)
 
 
 class Sampler(threading.Thread):
@@ -133,8 +141,11 @@ def run_ours(args, wav, turns, silence_window):
     pipeline.run(threading.Event())
     sampler.stop.set()
     stats = source.stats()
-    return analyse(sink.events, sampler.samples, turns, silence_window, started, stats, recognizer,
-                   args.endpoint_ms)
+    result = analyse(sink.events, sampler.samples, turns, silence_window, started, stats, recognizer,
+                     args.endpoint_ms)
+    result["cancelled"] = {"partials": pipeline.scheduler.cancelled_partials,
+                           "speculative": pipeline.scheduler.cancelled_speculative}
+    return result
 
 
 def analyse(events, samples, turns, silence_window, started, stats, recognizer, endpoint_ms):
@@ -143,7 +154,7 @@ def analyse(events, samples, turns, silence_window, started, stats, recognizer, 
     wall = lambda sample: anchor + sample / RATE  # noqa: E731
     finals = [e for e in events if e["type"] == "final"]
     partials = [e for e in events if e["type"] == "partial"]
-    end_to_final, first_partial, decode_of_final, excess = [], [], [], []
+    end_to_final, first_partial, decode_of_final, excess, per_utterance = [], [], [], [], []
     for begin, end in turns:
         # The final whose audio covers this turn's end (a long turn may be cut in two: take the last).
         covering = [f for f in finals if f["audio_start"] * RATE <= end + 0.5 * RATE and f["audio_end"] * RATE >= end - 0.5 * RATE]
@@ -153,6 +164,11 @@ def analyse(events, samples, turns, silence_window, started, stats, recognizer, 
             decode_of_final.append(final["decode_ms"])
             # The issue's bound for this utterance: max(endpoint silence, its decode) + 100 ms.
             excess.append(end_to_final[-1] - max(endpoint_ms, final["decode_ms"]))
+            per_utterance.append({"turn_s": round((end - begin) / RATE, 2), "end_s": round(end / RATE, 3),
+                                  "end_to_final_ms": round(end_to_final[-1], 1), "excess_ms": round(excess[-1], 1),
+                                  "queue_ms": final.get("queue_ms"), "decode_ms": final["decode_ms"],
+                                  "speculative": final.get("speculative"),
+                                  "endpoint_delay_ms": final.get("endpoint_delay_ms")})
         after = [p["emitted_at"] for p in partials if p["audio_start"] * RATE <= begin + 0.5 * RATE
                  and p["emitted_at"] >= wall(begin)]
         if after:
@@ -181,6 +197,7 @@ def analyse(events, samples, turns, silence_window, started, stats, recognizer, 
                    "last_third_median": pct(rss[-third:], 50), "max": max(rss)},
         "samples_lost": stats.lost_samples, "overflows": stats.overflows,
         "wall_s": time.time() - started, "provider": recognizer.info["provider"],
+        "per_utterance": per_utterance,
     }
 
 

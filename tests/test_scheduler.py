@@ -136,6 +136,34 @@ def test_speech_resumed_drops_the_speculative_decode(parts):
     assert decoder.started == [300, 800]
 
 
+def test_speech_resumed_cancels_a_running_speculative_decode(parts):
+    """A pause's speculative decode must not hold the model when the real end of speech comes."""
+    scheduler, decoder, out = parts
+    scheduler.request_speculative(1, audio(300), 300)
+    decoder.wait_started()
+    scheduler.speech_resumed(1)
+    scheduler.request_speculative(1, audio(900), 900)  # the real end: starts without the first being released
+    decoder.wait_started()
+    assert decoder.started == [300, 900]
+    assert scheduler.cancelled_speculative == 1 and scheduler.cancelled_partials == 0
+    scheduler.request_final(1, audio(900), 900)
+    decoder.release()
+    (done,) = out.wait_for(1)
+    assert (done.kind, done.speculative, done.result) == (FINAL, True, "text of 900")
+
+
+def test_speech_resumed_leaves_other_utterances_decodes_alone(parts):
+    scheduler, decoder, out = parts
+    scheduler.request_speculative(1, audio(300), 300)
+    decoder.wait_started()
+    scheduler.request_final(1, audio(300), 300)  # waits for the running speculative decode
+    scheduler.speech_resumed(2)  # the next utterance pauses: utterance 1's final is not touched
+    decoder.release()
+    (done,) = out.wait_for(1)
+    assert (done.kind, done.utterance_id, done.speculative) == (FINAL, 1, True)
+    assert scheduler.cancelled_speculative == 0
+
+
 def test_speculative_that_misses_later_speech_is_not_used(parts):
     scheduler, decoder, out = parts
     scheduler.request_speculative(1, audio(300), 300)

@@ -6,6 +6,8 @@ The model is the bottleneck, so this decides what it works on next:
   one that has not started (latest audio wins), and partials are spaced so the model's duty cycle
   stays under a budget (the interval stretches as decodes of a growing utterance get slower);
 - a speculative or final decode cancels a partial in progress (it would only delay the final);
+- a speculative decode whose silence turned out to be a pause is cancelled as soon as speech
+  resumes: left running, it would delay the next speculative decode, the one that becomes the final;
 - a speculative final starts the moment the VAD first hears silence; if the silence lasts to the
   endpoint its result is the final, published at once, so the final costs endpoint silence instead
   of endpoint silence + a full decode. If speech resumes, it is dropped.
@@ -72,6 +74,7 @@ class Scheduler:
         self._stopping = False
         self.skipped_partials = 0
         self.cancelled_partials = 0
+        self.cancelled_speculative = 0
         self._thread = threading.Thread(target=self._run, name="decode", daemon=True)
 
     # ------------------------------------------------------------------ requests (pipeline thread)
@@ -103,6 +106,9 @@ class Scheduler:
             if self._speculative is not None and self._speculative.utterance_id == utterance_id:
                 self._speculative = None
             self._spec_results.pop(utterance_id, None)
+            running = self._running
+            if running is not None and running.kind == SPECULATIVE and running.utterance_id == utterance_id:
+                running.cancel.cancel()  # its result would be dropped; the model is needed for the next one
 
     def request_final(self, utterance_id: int, audio: np.ndarray, end_sample: int):
         """The endpoint: publish the speculative result if it covers all speech, else decode now."""
@@ -181,7 +187,10 @@ class Scheduler:
             try:
                 result = self._decode(job.audio, job.cancel)
             except DecodeCancelled:
-                self.cancelled_partials += 1
+                if job.kind == SPECULATIVE:
+                    self.cancelled_speculative += 1
+                else:
+                    self.cancelled_partials += 1
                 result = None
             except Exception:  # one bad decode must not kill the worker
                 log.exception("decode of utterance %s (%s) failed", job.utterance_id, job.kind)
