@@ -194,3 +194,8 @@ def test_this_environment_has_exactly_one_runtime():
     from agent.recognizer import runtime
 
     assert len(runtime.installed_runtimes()) == 1, runtime.installed_runtimes()
+
+
+def test_session_keeps_no_per_length_memory_pattern(recognizer):
+    # Each utterance length would otherwise cache its own memory plan: RSS that grows for hours.
+    assert recognizer._session.get_session_options().enable_mem_pattern is False
