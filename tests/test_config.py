@@ -2,6 +2,8 @@
 must come back as a ConfigError (exit code 78) naming the key path, the line, the bad value and what is
 allowed."""
 import dataclasses
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -456,3 +458,13 @@ def test_environment_overrides_deployment_values(tmp_path):
     text = str(info.value)
     assert "environment STT_AGENT_MQTT__HOTS: mqtt.hots is not a setting" in text
     assert "mqtt.port (from environment STT_AGENT_MQTT__PORT): expected an integer, got 'abc'" in text
+
+
+def test_importing_the_settings_leaves_the_runtime_parts_unimported():
+    # transcribe's start-up: each part's settings module without its package's sources, VAD or yaml.
+    code = ("import sys, agent.settings; "
+            "print(sorted(m for m in ('yaml', 'agent.audio.mic', 'agent.audio.sources', 'agent.listening.vad', "
+            "'agent.service.watchdog') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.stdout.strip() == "[]"

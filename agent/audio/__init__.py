@@ -4,6 +4,8 @@ PortAudio (sounddevice) is imported only when a `MicSource` starts, so files and
 without it.
 """
 
+from agent.lazy import lazy_exports
+
 _EXPORTS = {
     "AudioBlock": "agent.audio.blocks",
     "AudioSettings": "agent.audio.settings",
@@ -38,15 +40,4 @@ __all__ = [
     "open_source",
 ]
 
-
-def __getattr__(name):
-    # Imported on first use: `agent.settings` imports this package's settings module, and
-    # importing everything else here too cost transcribe's start-up for nothing.
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -5,6 +5,8 @@ on the events it returns; nothing here does I/O or keeps threads.
 """
 
 
+from agent.lazy import lazy_exports
+
 _EXPORTS = {
     "EnergyVad": "agent.listening.vad",
     "Event": "agent.listening.events",
@@ -26,15 +28,4 @@ __all__ = [
     "SpeechResumed", "SpeechStart", "UtteranceAudio", "Vad", "VadSettings", "load_vad",
 ]
 
-
-def __getattr__(name):
-    # Imported on first use: `agent.settings` imports this package's settings module, and
-    # importing everything else here too cost transcribe's start-up for nothing.
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -26,6 +26,8 @@ when `read` gives None while `source.state == WAITING_FOR_DEVICE`; and in `_deco
 """
 
 
+from agent.lazy import lazy_exports
+
 _EXPORTS = {
     "LoggingSettings": "agent.service.settings",
     "Notifier": "agent.service.notify",
@@ -41,15 +43,4 @@ _EXPORTS = {
 __all__ = ["LoggingSettings", "Notifier", "Progress", "Watchdog", "WatchdogSettings", "describe",
            "enable_fault_handler", "setup_logging", "watchdog_interval"]
 
-
-def __getattr__(name):
-    # Imported on first use: `agent.settings` imports this package's settings module, and
-    # importing everything else here too cost transcribe's start-up for nothing.
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)
