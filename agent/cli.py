@@ -1,7 +1,7 @@
 """Command line: `stt-agent run|transcribe|model|check-config` (also `python -m agent`).
 
 Exit codes (agent/errors.py): 0 ok, 1 some inputs failed, 2 usage, 66 model unusable,
-70 internal error, 78 invalid configuration.
+70 internal error, 78 invalid configuration, 141 stdout closed by its reader (e.g. `| head`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 import time
 
 from agent import __version__
-from agent.errors import EXIT_FAILED, EXIT_OK, EXIT_SOFTWARE, AgentError
+from agent.errors import EXIT_BROKEN_PIPE, EXIT_FAILED, EXIT_OK, EXIT_SOFTWARE, AgentError
 
 log = logging.getLogger(__name__)
 CONFIG_ENV = "STT_AGENT_CONFIG"
@@ -342,6 +342,9 @@ def main(argv=None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `stt-agent transcribe *.wav | head -1`: the reader left, which is no bug
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # or the exit-time flush fails again
+        return EXIT_BROKEN_PIPE
     except Exception:  # a bug: keep the traceback for the report, but say what to do
         log.exception("internal error")
         print("error: internal error (a bug in stt-agent; please report it with the traceback above)",

@@ -10,6 +10,7 @@ EXIT_USAGE = 2  # wrong command-line usage (argparse uses 2 as well)
 EXIT_NOINPUT = 66  # sysexits EX_NOINPUT: the model directory is missing, incomplete or corrupt
 EXIT_SOFTWARE = 70  # sysexits EX_SOFTWARE: an internal error (a bug): please report it
 EXIT_CONFIG = 78  # sysexits EX_CONFIG: the configuration is invalid
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as the shell reports it: stdout's reader went away (`| head`)
 
 
 class AgentError(Exception):

@@ -89,6 +89,19 @@ def test_text_output_with_tokens(model, wavs):
     assert tokens[0].split() == ["0.06", "0.18", f"{tm.text_prob(4.0):.2f}", "hello"]
 
 
+def test_a_reader_that_goes_away_is_no_internal_error(model, wavs):
+    """`stt-agent transcribe *.wav | head -1`: stdout closes under the CLI."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone before the first result is printed
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("STT_AGENT_CONFIG", None)
+    proc = subprocess.run([sys.executable, "-m", "agent", "transcribe", str(wavs[0]), "--model", str(model)],
+                          stdout=write_end, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env, timeout=120)
+    os.close(write_end)
+    assert proc.returncode == 141, proc.stderr
+    assert "internal error" not in proc.stderr and "Traceback" not in proc.stderr and "Exception" not in proc.stderr
+
+
 def test_missing_model_exits_66_with_one_line(wavs, tmp_path):
     proc = run("transcribe", str(wavs[0]), "--model", str(tmp_path / "none"))
     assert proc.returncode == 66
