@@ -292,6 +292,58 @@ def _add_recognizer_flags(parser):
     itn.add_argument("--no-itn", dest="itn", action="store_false", help="plain words, no punctuation")
 
 
+def _add_model_optimize(sub):
+    op = sub.add_parser(
+        "optimize", help="save a CPU-optimized copy of the configured model, which loads ~40%% faster",
+        description="Load the model file the config names on the CPU provider and save ONNX Runtime's optimized "
+                    "graph to recognizer.cpu.optimized_cache_dir. Later loads with providers [cpu] use it (same "
+                    "output, about 60% of the load time). Needs about twice the memory of a normal load, once.")
+    op.add_argument("--config", help=f"config file (default: ${CONFIG_ENV}, else built-in defaults)")
+    op.add_argument("--model", help="model directory (overrides recognizer.model_dir)")
+    op.add_argument("--precision", choices=("auto", "int8", "fp32", "fp16"))
+    op.add_argument("--force", action="store_true", help="build it again even if an up-to-date copy exists")
+
+
+def _cmd_model(args) -> int:
+    if args.model_command == "optimize":
+        return cmd_optimize(args)
+    from agent import model_fetch
+
+    return model_fetch.run(args)
+
+
+def cmd_optimize(args) -> int:
+    from agent.recognizer import ort_cache
+    from agent.recognizer.model_dir import locate
+
+    settings = _load_settings(args)
+    rec = settings.recognizer
+    if args.model is not None:
+        rec.model_dir = args.model
+    if args.precision is not None:
+        rec.precision = args.precision
+    _recheck(settings)
+    files = locate(rec.model_dir, rec.precision, "cpu")
+    if not args.force:
+        from agent.recognizer.runtime import import_onnxruntime
+
+        existing = ort_cache.lookup(files.onnx, rec.cpu.optimized_cache_dir, import_onnxruntime()[0].__version__)
+        if existing is not None:
+            print(existing, flush=True)
+            print(f"the optimized copy of {files.onnx} is up to date (--force builds it again)", file=sys.stderr)
+            return EXIT_OK
+    done = ort_cache.build(files.onnx, rec.cpu.optimized_cache_dir)
+    print(done["optimized"], flush=True)
+    print(f"optimized copy of {files.onnx} written ({done['bytes'] / 2**20:.1f} MiB, {done['runtime']}): it loads "
+          f"in {done['load_ms']} ms", file=sys.stderr)
+    for path in done["removed"]:
+        print(f"removed the stale copy {path}", file=sys.stderr)
+    if rec.providers != ["cpu"]:
+        print(f"note: recognizer.providers is {rec.providers}: the copy is used only when cpu is the only provider",
+              file=sys.stderr)
+    return EXIT_OK
+
+
 def build_parser(argv=None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stt-agent", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"stt-agent {__version__}")
@@ -324,9 +376,9 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     if "model" in argv or not {"-h", "--help"}.isdisjoint(argv) or not argv:
         from agent import model_fetch  # ~50 ms of imports that transcribe and run never need
 
-        model_fetch.add_subparser(sub)
+        model_fetch.add_subparser(sub, extra=_add_model_optimize).set_defaults(func=_cmd_model)
     else:
-        sub.add_parser("model", help="download and list SenseVoiceSmall ONNX models")
+        sub.add_parser("model", help="download, list and optimize SenseVoiceSmall ONNX models")
     return parser
 
 

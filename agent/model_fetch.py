@@ -778,14 +778,16 @@ _stderr = _StderrProgress()
 # ------------------------------------------------------------------------------------------ CLI
 
 
-def add_subparser(subparsers) -> argparse.ArgumentParser:
-    """Add ``model fetch NAME [--models-dir DIR] [--force]`` and ``model list`` to a CLI."""
+def add_subparser(subparsers, extra=None) -> argparse.ArgumentParser:
+    """Add ``model fetch NAME [--models-dir DIR] [--force]`` and ``model list`` to a CLI.
+
+    `extra(sub)` may add more ``model`` subcommands (the CLI adds ``optimize``)."""
     model = subparsers.add_parser(
         "model",
         help="download and list SenseVoiceSmall ONNX models",
         description="Download a published SenseVoiceSmall ONNX export into the models directory, verified.",
     )
-    sub = model.add_subparsers(dest="model_command", metavar="{fetch,list}")
+    sub = model.add_subparsers(dest="model_command", metavar="{fetch,list,optimize}" if extra else "{fetch,list}")
     sub.required = True
     fetch = sub.add_parser(
         "fetch",
@@ -799,6 +801,8 @@ def add_subparser(subparsers) -> argparse.ArgumentParser:
     fetch.add_argument("--force", action="store_true", help="download again and replace an existing install")
     lst = sub.add_parser("list", help="list the models that can be fetched")
     _add_common(lst)
+    if extra is not None:
+        extra(sub)
     model.set_defaults(func=run)
     return model
 

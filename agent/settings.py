@@ -25,6 +25,9 @@ MODEL_EMOTIONS = ("happy", "sad", "angry", "neutral", "fearful", "disgusted", "s
 @dataclass
 class CpuSettings:
     threads: int = setting(2, "Intra-op threads for the CPU execution provider.", min=1, max=64)
+    optimized_cache_dir: str = setting(
+        "auto", "Where 'stt-agent model optimize' keeps the CPU-optimized model copy that loads ~40% faster: "
+                "auto = $CACHE_DIRECTORY/onnxruntime (systemd), else ~/.cache/stt-agent/onnxruntime; empty = never.")
 
 
 @dataclass

@@ -13,7 +13,8 @@
 #   virtualenv     /opt/stt-agent/venv with stt-agent[cpu] or stt-agent[gpu] from this checkout
 #   config         /etc/stt-agent/config.yaml from the repo's config.yaml, only if there is none
 #                  (an existing config is never overwritten), model_dir under /var/lib/stt-agent/models
-#   models         /var/lib/stt-agent/models; TensorRT engines go to /var/cache/stt-agent/tensorrt
+#   models         /var/lib/stt-agent/models; TensorRT engines go to /var/cache/stt-agent/tensorrt,
+#                  the CPU-optimized model copy (stt-agent model optimize) to /var/cache/stt-agent/onnxruntime
 #   unit           /etc/systemd/system/stt-agent.service (+ jetson-devices.conf drop-in on Jetson),
 #                  enabled; restarted if it was running and something changed
 #   healthcheck    /opt/stt-agent/healthcheck.sh
@@ -374,6 +375,22 @@ fetch_model() {
     || die "model download failed (run it again: downloads resume)"
 }
 
+optimize_model() {
+  # CPU boxes: save ONNX Runtime's optimized graph of the model once; every start then loads it ~40% faster.
+  [ "$RUNTIME" = cpu ] && [ -z "$ROOT" ] && [ "$PIP" = 1 ] && [ "$DRY" = 0 ] && [ -e "$CONFIG" ] || return 0
+  local model_dir
+  model_dir=$(sed -n 's/^  model_dir: *//p' "$CONFIG" | head -n 1)
+  [ -n "$model_dir" ] && [ -d "$model_dir" ] || return 0
+  make_dir "$CACHE_DIR" 0750 user
+  local out
+  if out=$(runuser -u "$NAME" -- env CACHE_DIRECTORY="$CACHE_DIR" "$VENV/bin/stt-agent" model optimize \
+      --config "$CONFIG" 2>&1); then
+    case $out in *written*) changed "saved an optimized copy of the model in $CACHE_DIR/onnxruntime" ;; esac
+  else
+    note "warning: could not save an optimized model copy (the service loads the original instead): ${out##*$'\n'}"
+  fi
+}
+
 do_install() {
   choose_runtime
   apt_packages
@@ -384,6 +401,7 @@ do_install() {
   make_dir "$MODELS_DIR" 0750 user
   install_unit
   fetch_model
+  optimize_model
   if [ ${#CHANGES[@]} -gt 0 ] && [ "$DRY" = 0 ] && [ -z "$ROOT" ] && [ "$PIP" = 1 ] && [ -e "$CONFIG" ]; then
     "$VENV/bin/stt-agent" check-config --config "$CONFIG" >/dev/null \
       || note "warning: $CONFIG does not validate (see above); the service will not start until it does"
@@ -423,7 +441,7 @@ do_uninstall() {
   if [ "$PURGE" = 1 ]; then
     remove_path "$CONF_DIR" "config"
     remove_path "$STATE_DIR" "models and state"
-    remove_path "$CACHE_DIR" "caches (TensorRT engines)"
+    remove_path "$CACHE_DIR" "caches (TensorRT engines, optimized model copies)"
   else
     local kept=()
     [ -e "$(r "$CONFIG")" ] && kept+=("$CONFIG")
@@ -447,6 +465,7 @@ if [ "$MODE" = install ] && [ "$DRY" = 0 ] && [ -z "$ROOT" ]; then
   if [ -n "$model_dir" ] && [ ! -d "$model_dir" ]; then
     note "next: download the model the config names, then start the service:"
     note "  sudo -u $NAME $VENV/bin/stt-agent model fetch $(basename "$model_dir") --models-dir $(dirname "$model_dir")"
+    [ "$RUNTIME" = cpu ] && note "  sudo -u $NAME env CACHE_DIRECTORY=$CACHE_DIR $VENV/bin/stt-agent model optimize --config $CONFIG"
     note "  sudo systemctl start $NAME && $PREFIX/healthcheck.sh"
   fi
 fi

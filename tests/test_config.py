@@ -70,7 +70,7 @@ def test_unknown_nested_key_lists_known_keys(tmp_path):
           cpu:
             thread: 4
     """)
-    assert_names(msg, "recognizer.cpu.thread (line 3)", "unknown key", "known keys here: threads")
+    assert_names(msg, "recognizer.cpu.thread (line 3)", "unknown key", "known keys here: optimized_cache_dir, threads")
 
 
 def test_unknown_key_in_recognizer_lists_all_keys(tmp_path):

@@ -7,9 +7,10 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, NamedTuple, Optional
 
 from agent.errors import ModelError
+from agent.recognizer import ort_cache
 from agent.settings import RecognizerSettings
 
 log = logging.getLogger(__name__)
@@ -95,8 +96,15 @@ def pin_malloc_mmap_threshold(threshold: int = 128 * 1024) -> bool:
     return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold))
 
 
-def create_session(path: Path, settings: RecognizerSettings) -> Tuple[object, str, str]:
-    """Load `path` with the first provider that works; return (session, provider, package)."""
+class Session(NamedTuple):
+    session: object  # onnxruntime.InferenceSession
+    provider: str  # the provider in use: tensorrt, cuda or cpu
+    package: str  # the ONNX Runtime distribution, e.g. "onnxruntime 1.32.0"
+    optimized: Optional[Path]  # the optimized copy loaded instead of the model file, if any
+
+
+def create_session(path: Path, settings: RecognizerSettings) -> Session:
+    """Load `path` (or its optimized copy) with the first provider that works."""
     pin_malloc_mmap_threshold()
     ort, package = import_onnxruntime()
     available = ort.get_available_providers()
@@ -121,18 +129,46 @@ def create_session(path: Path, settings: RecognizerSettings) -> Tuple[object, st
     # within 2% (docs/BENCHMARKS.md).
     options.enable_mem_pattern = False
     options.log_severity_level = 3  # ORT's own warnings are noise for operators; failures are reported below
-    try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=[ep for ep, _ in chain],
-                                       provider_options=[opts for _, opts in chain])
-    except Exception as exc:  # ORT raises its own pybind types (InvalidProtobuf, Fail, ...)
-        size = path.stat().st_size if path.exists() else 0
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{path}: cannot load the ONNX model ({size} bytes; corrupt or truncated? download it "
-                         f"again): {first_line[:300]}") from None
+    session = None
+    optimized = _optimized_copy(path, settings, chain, ort.__version__)
+    if optimized is not None:
+        try:
+            session = _build(ort, optimized, options, chain)
+        except Exception as exc:
+            ort_cache.discard(optimized, first_line(exc))
+            optimized = None
+    if session is None:
+        try:
+            session = _build(ort, path, options, chain)
+        except Exception as exc:  # ORT raises its own pybind types (InvalidProtobuf, Fail, ...)
+            size = path.stat().st_size if path.exists() else 0
+            raise ModelError(f"{path}: cannot load the ONNX model ({size} bytes; corrupt or truncated? download "
+                             f"it again): {first_line(exc)}") from None
     loaded = session.get_providers()
     for ep, _ in chain:
         if ep not in loaded:
             log.warning("provider %s failed to load (its libraries, e.g. CUDA, cuDNN or TensorRT, are missing or "
                         "do not match %s); trying the next one", ep, package)
     used = next(name for name, ep in EP_NAMES.items() if ep == loaded[0])
-    return session, used, package
+    return Session(session, used, package, optimized)
+
+
+def _build(ort, path: Path, options, chain):
+    return ort.InferenceSession(str(path), sess_options=options, providers=[ep for ep, _ in chain],
+                                provider_options=[opts for _, opts in chain])
+
+
+def first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+
+
+def _optimized_copy(path: Path, settings: RecognizerSettings, chain, ort_version: str) -> Optional[Path]:
+    """The saved CPU-optimized copy of `path`, when the CPU provider is the only one to try."""
+    if [ep for ep, _ in chain] != [EP_NAMES["cpu"]]:
+        return None  # GPU providers optimize for themselves (TensorRT keeps its own engine cache)
+    copy = ort_cache.lookup(path, settings.cpu.optimized_cache_dir, ort_version)
+    if copy is None and ort_cache.cache_dir(settings.cpu.optimized_cache_dir) is not None:
+        log.info("no optimized copy of %s for onnxruntime %s: 'stt-agent model optimize' makes loading it "
+                 "about 40%% faster", path, ort_version)
+    return copy

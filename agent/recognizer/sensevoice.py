@@ -34,7 +34,7 @@ class SenseVoiceRecognizer:
         started = time.perf_counter()
         files = locate(settings.model_dir, settings.precision, device_kind(settings))
         vocab = load_vocabulary(files)  # before the session: a bad side file fails in milliseconds
-        self._session, provider, package = create_session(files.onnx, settings)
+        self._session, provider, package, optimized = create_session(files.onnx, settings)
         inputs = {i.name: i for i in self._session.get_inputs()}
         outputs = [o.name for o in self._session.get_outputs()]
         metadata = self._session.get_modelmeta().custom_metadata_map
@@ -52,14 +52,15 @@ class SenseVoiceRecognizer:
         self._check_languages(self.defaults)
         self.info = {"model_dir": str(files.directory), "model_file": files.onnx.name, "flavour": files.flavour,
                      "precision": files.precision, "provider": provider, "runtime": package,
-                     "random_init": metadata.get("random_init") == "1"}
+                     "random_init": metadata.get("random_init") == "1",
+                     "optimized_copy": None if optimized is None else str(optimized)}
         self.info["load_ms"] = round((time.perf_counter() - started) * 1000, 1)
         if settings.warmup:
             warm = time.perf_counter()
             self.recognize(np.zeros(SAMPLE_RATE, np.float32))
             self.info["warmup_ms"] = round((time.perf_counter() - warm) * 1000, 1)
-        log.info("model %s (%s, %s) loaded on %s with %s in %.0f ms", files.onnx, files.flavour, files.precision,
-                 provider, package, self.info["load_ms"])
+        log.info("model %s (%s, %s%s) loaded on %s with %s in %.0f ms", files.onnx, files.flavour, files.precision,
+                 ", optimized copy" if optimized else "", provider, package, self.info["load_ms"])
         if self.info["random_init"]:
             log.warning("%s has RANDOM weights (built for benchmarks): its text is meaningless", files.onnx)
 
