@@ -112,15 +112,19 @@ def model_file(model_dir: Path, precision: str) -> Path:
 class Ours:
     name = "ours"
 
-    def __init__(self, model_dir: Path, precision: str, threads: int, warmup: bool = True):
+    def __init__(self, model_dir: Path, precision: str, threads: int, warmup: bool = True, optimized: str = ""):
+        """optimized: the directory of `model optimize`'s copy, or "" for the model file itself."""
         sys.path.insert(0, str(REPO))
         from agent.recognizer import load_recognizer
         from agent.settings import RecognizerSettings
 
         settings = RecognizerSettings(model_dir=str(model_dir), precision=precision)
         settings.cpu.threads = threads
+        settings.cpu.optimized_cache_dir = optimized
         settings.warmup = warmup
         self.rec = load_recognizer(settings)
+        if bool(optimized) != bool(self.rec.info["optimized_copy"]):
+            raise RuntimeError(f"optimized copy in {optimized!r} expected, loaded {self.rec.info['optimized_copy']}")
 
     def __call__(self, samples: np.ndarray) -> str:
         return self.rec.recognize(samples).text
@@ -234,7 +238,7 @@ def child(args):
     """Run in a fresh interpreter: one engine, print one JSON line."""
     started = time.perf_counter()
     import numpy  # noqa: F401  (both engines need it; count it as import time)
-    if args.child_engine == "ours":
+    if args.child_engine.startswith("ours"):
         sys.path.insert(0, str(REPO))
         import kaldi_native_fbank  # noqa: F401
         import onnxruntime  # noqa: F401
@@ -245,8 +249,9 @@ def child(args):
     out = {"engine": args.child_engine, "threads": args.child_threads,
            "import_ms": (time.perf_counter() - started) * 1000, "hwm_after_import_kb": _status_kb("VmHWM")}
     t0 = time.perf_counter()
-    if args.child_engine == "ours":
-        engine = Ours(args.model, args.precision, args.child_threads, warmup=not args.child_no_warmup)
+    if args.child_engine.startswith("ours"):
+        engine = Ours(args.model, args.precision, args.child_threads, warmup=not args.child_no_warmup,
+                      optimized=args.optimized_dir if args.child_engine == "ours-opt" else "")
         out["load_ms"] = engine.rec.info["load_ms"]
         out["warmup_ms"] = engine.rec.info.get("warmup_ms")
         out["provider"] = engine.rec.info["provider"]
@@ -276,7 +281,8 @@ def child(args):
 
 def run_child(args, engine: str, threads: int, clip: Optional[Path] = None, no_warmup: bool = False) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--model", str(args.model), "--precision",
-           args.precision, "--child-engine", engine, "--child-threads", str(threads)]
+           args.precision, "--child-engine", engine, "--child-threads", str(threads),
+           "--optimized-dir", args.optimized_dir]
     if clip is not None:
         cmd += ["--child-clip", str(clip)]
     if no_warmup:
@@ -291,12 +297,18 @@ def run_child(args, engine: str, threads: int, clip: Optional[Path] = None, no_w
     return out
 
 
+def child_engines(args):
+    """ours (the model file), ours-opt (the copy `model optimize` saved) and sherpa, in fresh processes."""
+    return ("ours", "ours-opt", "sherpa") if args.optimized_dir else ("ours", "sherpa")
+
+
 def bench_load(args):
     rows = []
+    engines = child_engines(args)
     for threads in args.threads:
-        runs = {"ours": [], "sherpa": []}
+        runs = {engine: [] for engine in engines}
         for rep in range(args.load_repeats):
-            for engine in (("ours", "sherpa") if rep % 2 == 0 else ("sherpa", "ours")):
+            for engine in engines[rep % len(engines):] + engines[:rep % len(engines)]:
                 runs[engine].append(run_child(args, engine, threads))
             print(f"[load] threads={threads} repeat {rep + 1}/{args.load_repeats}", file=sys.stderr, flush=True)
         row = {"threads": threads, "runs": runs}
@@ -315,22 +327,30 @@ def bench_rss(args, clip: np.ndarray):
     rows = []
     clip_path = Path(tempfile.mkdtemp(prefix="bench-rss-")) / "clip.npy"
     np.save(clip_path, clip)
-    for engine in ("ours", "sherpa"):
-        runs = [run_child(args, engine, args.rss_threads, clip=clip_path) for _ in range(args.rss_repeats)]
-        peak_kb = max(r["vm_hwm_kb"] for r in runs)
-        budget = 1.1 * size + 150 * 2 ** 20
-        rows.append({"engine": engine, "threads": args.rss_threads, "decode_seconds": max(args.lengths),
-                     "model_bytes": size, "peak_rss_bytes": peak_kb * 1024, "budget_bytes": budget,
-                     "meets": peak_kb * 1024 <= budget, "runs": runs})
-        print(f"[rss] {engine}: {peak_kb / 1024:.0f} MiB", file=sys.stderr, flush=True)
+    try:
+        for engine in child_engines(args):
+            rows.append(_rss_row(args, engine, clip_path, size))
+    finally:
+        shutil.rmtree(clip_path.parent, ignore_errors=True)
     return rows
+
+
+def _rss_row(args, engine, clip_path, size):
+    runs = [run_child(args, engine, args.rss_threads, clip=clip_path) for _ in range(args.rss_repeats)]
+    peak_kb = max(r["vm_hwm_kb"] for r in runs)
+    budget = 1.1 * size + 150 * 2 ** 20
+    print(f"[rss] {engine}: {peak_kb / 1024:.0f} MiB", file=sys.stderr, flush=True)
+    return {"engine": engine, "threads": args.rss_threads, "decode_seconds": max(args.lengths),
+            "model_bytes": size, "peak_rss_bytes": peak_kb * 1024, "budget_bytes": budget,
+            "meets": peak_kb * 1024 <= budget, "runs": runs}
 
 
 # ----------------------------------------------------------------------------- 4. end to end
 
-def _transcribe_once(cmd):
+def _transcribe_once(cmd, cache_directory: str):
+    env = dict(os.environ, CACHE_DIRECTORY=cache_directory)  # what `auto` resolves first, as under systemd
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(REPO))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(REPO), env=env)
     record, to_line = None, None
     for line in proc.stdout:
         line = line.strip()
@@ -350,8 +370,13 @@ def _transcribe_once(cmd):
 def bench_e2e(args, clip10):
     """`transcribe` of a 10 s WAV, each run followed by its references measured at (nearly) the same time:
     a no-warm-up load in a fresh process and three warm 10 s decodes in this process (whose recognizer
-    is loaded once, before the first run). On a noisy machine references taken minutes apart mislead."""
+    is loaded once, before the first run). On a noisy machine references taken minutes apart mislead.
+    With an optimized copy, each repeat runs both variants: the model file, then the copy."""
     tmp = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
+    empty_cache = tmp / "no-cache"  # CACHE_DIRECTORY without a copy: the CLI loads the model file
+    variants = {"model file": (str(empty_cache), "ours")}
+    if args.optimized_dir:
+        variants["optimized copy"] = (str(Path(args.optimized_dir).parent), "ours-opt")
     path = tmp / "clip10s.wav"
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)
@@ -366,34 +391,40 @@ def bench_e2e(args, clip10):
         cmd += args.e2e_extra.split()
     engine = Ours(args.model, args.precision, threads)
     engine(clip10)
-    runs = []
+    runs = {name: [] for name in variants}
     try:
         for rep in range(args.e2e_repeats):
-            time.sleep(0.3)  # let this process's ORT worker threads stop spinning
-            try:
-                run = _transcribe_once(cmd)
-            except RuntimeError as exc:
-                return {"error": str(exc), "command": " ".join(cmd)}
-            load = run_child(args, "ours", threads, no_warmup=True)  # the CLI loads without warm-up
-            decodes = []
-            for _ in range(3):
-                started = time.perf_counter()
-                engine(clip10)
-                decodes.append((time.perf_counter() - started) * 1000)
-            run.update(load_ms=load["load_ms"], start_to_ready_ms=load["start_to_ready_ms"],
-                       import_ms=load["import_ms"], decode_ms=statistics.median(decodes))
-            run["target_ms"] = run["load_ms"] + 1.2 * run["decode_ms"]
-            run["target_from_start_ms"] = run["start_to_ready_ms"] + 1.2 * run["decode_ms"]
-            runs.append(run)
-            print(f"[e2e] {rep + 1}/{args.e2e_repeats}: {run['to_json_ms']:.0f} ms to JSON, target "
-                  f"{run['target_ms']:.0f} ms", file=sys.stderr, flush=True)
+            for name, (cache_directory, reference) in variants.items():
+                time.sleep(0.3)  # let this process's ORT worker threads stop spinning
+                try:
+                    run = _transcribe_once(cmd, cache_directory)
+                except RuntimeError as exc:
+                    return [{"variant": name, "error": str(exc), "command": " ".join(cmd)}]
+                load = run_child(args, reference, threads, no_warmup=True)  # the CLI loads without warm-up
+                decodes = []
+                for _ in range(3):
+                    started = time.perf_counter()
+                    engine(clip10)
+                    decodes.append((time.perf_counter() - started) * 1000)
+                run.update(load_ms=load["load_ms"], start_to_ready_ms=load["start_to_ready_ms"],
+                           import_ms=load["import_ms"], decode_ms=statistics.median(decodes))
+                run["target_ms"] = run["load_ms"] + 1.2 * run["decode_ms"]
+                run["target_from_start_ms"] = run["start_to_ready_ms"] + 1.2 * run["decode_ms"]
+                runs[name].append(run)
+                print(f"[e2e] {rep + 1}/{args.e2e_repeats} ({name}): {run['to_json_ms']:.0f} ms to JSON, target "
+                      f"{run['target_ms']:.0f} ms", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         del engine
+    command = " ".join(cmd).replace(str(path), "clip10s.wav")
+    return [_e2e_summary(name, command, threads, items) for name, items in runs.items()]
+
+
+def _e2e_summary(variant, command, threads, runs):
     def med(key):
         return statistics.median(r[key] for r in runs)
 
-    out = {"command": " ".join(cmd).replace(str(path), "clip10s.wav"), "runs": runs, "threads": threads,
+    out = {"variant": variant, "command": command, "runs": runs, "threads": threads,
            "median_to_json_ms": med("to_json_ms"), "median_exit_ms": med("exit_ms"),
            "median_cli_decode_ms": med("cli_decode_ms"), "load_no_warmup_ms": med("load_ms"),
            "import_ms": med("import_ms"), "start_to_ready_no_warmup_ms": med("start_to_ready_ms"),
@@ -405,6 +436,29 @@ def bench_e2e(args, clip10):
     out["meets_from_start"] = out["median_to_json_ms"] <= out["target_from_start_ms"]
     out["paired_ratio_median"] = statistics.median(r["to_json_ms"] / r["target_ms"] for r in runs)
     return out
+
+
+def measure(args, report, clips, skip):
+    if "decode" not in skip:
+        report["decode"] = bench_decode(args, clips)
+    if "load" not in skip:
+        report["load"] = bench_load(args)
+    if "rss" not in skip:
+        report["rss"] = bench_rss(args, clips[max(args.lengths)])
+    if "e2e" not in skip:
+        report["e2e"] = bench_e2e(args, clips[10])
+
+
+def build_optimized_copy(args) -> str:
+    """`stt-agent model optimize` into a temporary cache (its ~780 MiB peak stays out of this process)."""
+    cache = Path(tempfile.mkdtemp(prefix="bench-optimized-"))
+    proc = subprocess.run([sys.executable, "-m", "agent", "model", "optimize", "--model", str(args.model),
+                           "--precision", args.precision], check=False, capture_output=True, text=True,
+                          cwd=str(REPO), env=dict(os.environ, CACHE_DIRECTORY=str(cache)))
+    if proc.returncode != 0:
+        raise RuntimeError(f"model optimize failed ({proc.returncode}): {proc.stderr.strip()[-1500:]}")
+    print(f"[optimize] {proc.stderr.strip()}", file=sys.stderr, flush=True)
+    return str(Path(proc.stdout.strip()).parent)
 
 
 # ----------------------------------------------------------------------------- report
@@ -469,14 +523,16 @@ def markdown(report) -> str:
         lines.append("")
     if report["load"]:
         lines += ["### Load time (ms, fresh process, median)", "",
-                  ("| threads | ours import | ours load_ms | ours warmup_ms | ours start -> ready | sherpa import "
+                  ("| threads | ours import | ours load_ms | ours warmup_ms | ours start -> ready | "
+                   "ours (optimized copy) load_ms | ours (optimized copy) start -> ready | sherpa import "
                    "| sherpa construct | sherpa first 1 s decode | sherpa start -> ready |"),
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in report["load"]:
             def g(key, r=r):
                 return f"{r[key]:.0f}" if r.get(key) is not None else "-"
             lines.append(f"| {r['threads']} | {g('ours_import_ms')} | {g('ours_load_ms')} | {g('ours_warmup_ms')} | "
-                         f"{g('ours_start_to_ready_ms')} | {g('sherpa_import_ms')} | {g('sherpa_load_ms')} | "
+                         f"{g('ours_start_to_ready_ms')} | {g('ours-opt_load_ms')} | {g('ours-opt_start_to_ready_ms')} | "
+                         f"{g('sherpa_import_ms')} | {g('sherpa_load_ms')} | "
                          f"{g('sherpa_first_1s_decode_ms')} | {g('sherpa_start_to_ready_ms')} |")
         lines.append("")
     if report["rss"]:
@@ -493,25 +549,28 @@ def markdown(report) -> str:
                          f"{r['budget_bytes'] / 2 ** 20:.0f} | "
                          f"{'yes' if r['meets'] else 'no'} |")
         lines.append("")
-    e = report["e2e"]
-    if e:
-        lines += ["### End to end `transcribe` of a 10 s WAV (ms)", ""]
+    rows = report["e2e"] or []
+    if rows:
+        lines += ["### End to end `transcribe` of a 10 s WAV (ms)", "",
+                  ("| loads | runs | threads | e2e median (start -> JSON) | e2e median (to exit) | CLI decode_ms (cold) | "
+                   "load_ms (no warm-up) | start -> ready (no warm-up) | decode 10 s (warm, same time) | "
+                   "load_ms + 1.2 x decode | meets | e2e / target (paired median) | start -> ready + 1.2 x decode | "
+                   "meets |"),
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|---:|---:|:-:|"]
+    for e in rows:
         if "error" in e:
-            lines += [f"Not measured: `{e['command']}` failed: {e['error']}", ""]
+            lines += [f"Not measured: `{e['command']}` failed: {e['error']}"]
         else:
             dec = e["decode_10s_ms"]
-            lines += [("| runs | threads | e2e median (start -> JSON) | e2e median (to exit) | CLI decode_ms (cold) | "
-                       "load_ms (no warm-up) | start -> ready (no warm-up) | decode 10 s (warm, same time) | "
-                       "load_ms + 1.2 x decode | meets | e2e / target (paired median) | start -> ready + 1.2 x decode | "
-                       "meets |"),
-                      "|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|---:|---:|:-:|",
-                      (f"| {len(e['runs'])} | {e['threads']} | {e['median_to_json_ms']:.0f} | "
+            lines += [(f"| {e['variant']} | {len(e['runs'])} | {e['threads']} | {e['median_to_json_ms']:.0f} | "
                        f"{e['median_exit_ms']:.0f} | {e['median_cli_decode_ms']:.0f} | {e['load_no_warmup_ms']:.0f} | "
                        f"{e['start_to_ready_no_warmup_ms']:.0f} | {'-' if dec is None else round(dec)} | "
                        f"{e.get('target_ms', float('nan')):.0f} | {'yes' if e.get('meets') else 'no'} | "
                        f"{e.get('paired_ratio_median', float('nan')):.3f} | "
                        f"{e.get('target_from_start_ms', float('nan')):.0f} | "
-                       f"{'yes' if e.get('meets_from_start') else 'no'} |"), ""]
+                       f"{'yes' if e.get('meets_from_start') else 'no'} |")]
+    if rows:
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -530,7 +589,10 @@ def main(argv=None) -> int:
     p.add_argument("--e2e-extra", default="", help="extra arguments for the transcribe command")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: decode,load,rss,e2e")
     p.add_argument("--out-json", type=Path, help="write every raw number here")
-    p.add_argument("--child-engine", choices=("ours", "sherpa"), help=argparse.SUPPRESS)
+    p.add_argument("--no-optimized-copy", action="store_true",
+                   help="do not build `model optimize`'s copy, nor measure loads from it")
+    p.add_argument("--optimized-dir", default="", help=argparse.SUPPRESS)
+    p.add_argument("--child-engine", choices=("ours", "ours-opt", "sherpa"), help=argparse.SUPPRESS)
     p.add_argument("--child-threads", type=int, default=2, help=argparse.SUPPRESS)
     p.add_argument("--child-clip", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--child-no-warmup", action="store_true", help=argparse.SUPPRESS)
@@ -557,14 +619,14 @@ def main(argv=None) -> int:
               "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                        if not k.startswith("child")},
               "decode": [], "load": [], "rss": [], "e2e": None}
-    if "decode" not in skip:
-        report["decode"] = bench_decode(args, clips)
-    if "load" not in skip:
-        report["load"] = bench_load(args)
-    if "rss" not in skip:
-        report["rss"] = bench_rss(args, clips[max(args.lengths)])
-    if "e2e" not in skip:
-        report["e2e"] = bench_e2e(args, clips[10])
+    if not args.no_optimized_copy and not {"load", "rss", "e2e"} <= skip:
+        args.optimized_dir = build_optimized_copy(args)
+    try:
+        measure(args, report, clips, skip)
+    finally:
+        if args.optimized_dir:
+            shutil.rmtree(Path(args.optimized_dir).parent, ignore_errors=True)
+    report["optimized_copy"] = bool(args.optimized_dir)
     m = report["machine"]
     print(f"Machine: {m.get('cpu', '?')}, nproc {m['nproc']}, {m.get('mem_total_gib', '?')} GiB RAM; "
           f"onnxruntime {m.get('onnxruntime')}, sherpa-onnx {m.get('sherpa_onnx')}; model {args.model} "
