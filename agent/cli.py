@@ -324,16 +324,11 @@ def cmd_optimize(args) -> int:
         rec.precision = args.precision
     _recheck(settings)
     files = locate(rec.model_dir, rec.precision, "cpu")
-    if not args.force:
-        from agent.recognizer.runtime import import_onnxruntime
-
-        existing = ort_cache.lookup(files.onnx, rec.cpu.optimized_cache_dir, import_onnxruntime()[0].__version__)
-        if existing is not None:
-            print(existing, flush=True)
-            print(f"the optimized copy of {files.onnx} is up to date (--force builds it again)", file=sys.stderr)
-            return EXIT_OK
-    done = ort_cache.build(files.onnx, rec.cpu.optimized_cache_dir)
+    done = ort_cache.build(files.onnx, rec.cpu.optimized_cache_dir, force=args.force)
     print(done["optimized"], flush=True)
+    if done["up_to_date"]:
+        print(f"the optimized copy of {files.onnx} is up to date (--force builds it again)", file=sys.stderr)
+        return EXIT_OK
     print(f"optimized copy of {files.onnx} written ({done['bytes'] / 2**20:.1f} MiB, {done['runtime']}): it loads "
           f"in {done['load_ms']} ms", file=sys.stderr)
     for path in done["removed"]:

@@ -787,7 +787,7 @@ def add_subparser(subparsers, extra=None) -> argparse.ArgumentParser:
         help="download and list SenseVoiceSmall ONNX models",
         description="Download a published SenseVoiceSmall ONNX export into the models directory, verified.",
     )
-    sub = model.add_subparsers(dest="model_command", metavar="{fetch,list,optimize}" if extra else "{fetch,list}")
+    sub = model.add_subparsers(dest="model_command")
     sub.required = True
     fetch = sub.add_parser(
         "fetch",
@@ -803,6 +803,7 @@ def add_subparser(subparsers, extra=None) -> argparse.ArgumentParser:
     _add_common(lst)
     if extra is not None:
         extra(sub)
+    sub.metavar = "{" + ",".join(sub.choices) + "}"  # argparse names a missing subcommand by its dest otherwise
     model.set_defaults(func=run)
     return model
 

@@ -375,11 +375,13 @@ fetch_model() {
     || die "model download failed (run it again: downloads resume)"
 }
 
+config_model_dir() { sed -n 's/^  model_dir: *//p' "$CONFIG" 2>/dev/null | head -n 1; }
+
 optimize_model() {
   # CPU boxes: save ONNX Runtime's optimized graph of the model once; every start then loads it ~40% faster.
   [ "$RUNTIME" = cpu ] && [ -z "$ROOT" ] && [ "$PIP" = 1 ] && [ "$DRY" = 0 ] && [ -e "$CONFIG" ] || return 0
   local model_dir
-  model_dir=$(sed -n 's/^  model_dir: *//p' "$CONFIG" | head -n 1)
+  model_dir=$(config_model_dir)
   [ -n "$model_dir" ] && [ -d "$model_dir" ] || return 0
   make_dir "$CACHE_DIR" 0750 user
   local out
@@ -461,7 +463,7 @@ else
   note "${#CHANGES[@]} change(s) made"
 fi
 if [ "$MODE" = install ] && [ "$DRY" = 0 ] && [ -z "$ROOT" ]; then
-  model_dir=$(sed -n 's/^  model_dir: *//p' "$CONFIG" 2>/dev/null | head -n 1)
+  model_dir=$(config_model_dir)
   if [ -n "$model_dir" ] && [ ! -d "$model_dir" ]; then
     note "next: download the model the config names, then start the service:"
     note "  sudo -u $NAME $VENV/bin/stt-agent model fetch $(basename "$model_dir") --models-dir $(dirname "$model_dir")"

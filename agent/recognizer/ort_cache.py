@@ -50,10 +50,7 @@ def entry_path(model: Path, directory: Path, ort_version: str) -> Path:
     return directory / f"{_prefix(model)}{model.stem}-{stat.st_size}-{stat.st_mtime_ns}-ort{ort_version}.onnx"
 
 
-def lookup(model: Path, setting: str, ort_version: str) -> Path | None:
-    directory = cache_dir(setting)
-    if directory is None:
-        return None
+def lookup(model: Path, directory: Path, ort_version: str) -> Path | None:
     try:
         path = entry_path(model, directory, ort_version)
     except OSError:  # the model file itself is missing: the normal load reports that
@@ -70,8 +67,10 @@ def discard(path: Path, reason: str) -> None:
         log.warning("cannot remove %s: %s", path, exc)
 
 
-def build(model: Path, setting: str) -> dict:
-    """Write the optimized copy of `model` (atomically), check that it loads; return what was done."""
+def build(model: Path, setting: str, force: bool = False) -> dict:
+    """Write the optimized copy of `model` (atomically), check that it loads; return what was done.
+
+    An existing copy for this model file and runtime is kept unless `force` ("up_to_date" says so)."""
     from agent.recognizer.runtime import first_line, import_onnxruntime, pin_malloc_mmap_threshold
 
     directory = cache_dir(setting)
@@ -84,6 +83,8 @@ def build(model: Path, setting: str) -> dict:
         target = entry_path(model, directory, ort.__version__)
     except OSError as exc:
         raise ModelError(f"cannot use the optimized-model cache {directory}: {exc}") from None
+    if target.is_file() and not force:
+        return {"optimized": str(target), "up_to_date": True}
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
     pin_malloc_mmap_threshold()
     options = ort.SessionOptions()
@@ -104,7 +105,7 @@ def build(model: Path, setting: str) -> dict:
         partial.unlink(missing_ok=True)
         raise ModelError(f"{model}: cannot write an optimized copy to {directory}: {first_line(exc)}") from None
     removed = _prune(target)
-    return {"model": str(model), "optimized": str(target), "bytes": target.stat().st_size, "runtime": package,
+    return {"optimized": str(target), "up_to_date": False, "bytes": target.stat().st_size, "runtime": package,
             "build_ms": round(build_ms), "load_ms": round(load_ms), "removed": [str(p) for p in removed]}
 
 

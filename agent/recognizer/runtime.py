@@ -167,8 +167,11 @@ def _optimized_copy(path: Path, settings: RecognizerSettings, chain, ort_version
     """The saved CPU-optimized copy of `path`, when the CPU provider is the only one to try."""
     if [ep for ep, _ in chain] != [EP_NAMES["cpu"]]:
         return None  # GPU providers optimize for themselves (TensorRT keeps its own engine cache)
-    copy = ort_cache.lookup(path, settings.cpu.optimized_cache_dir, ort_version)
-    if copy is None and ort_cache.cache_dir(settings.cpu.optimized_cache_dir) is not None:
+    directory = ort_cache.cache_dir(settings.cpu.optimized_cache_dir)
+    if directory is None:
+        return None
+    copy = ort_cache.lookup(path, directory, ort_version)
+    if copy is None:
         log.info("no optimized copy of %s for onnxruntime %s: 'stt-agent model optimize' makes loading it "
                  "about 40%% faster", path, ort_version)
     return copy
