@@ -17,21 +17,19 @@ from agent import __version__
 from agent.errors import EXIT_BROKEN_PIPE, EXIT_FAILED, EXIT_OK, EXIT_SOFTWARE, AgentError
 
 log = logging.getLogger(__name__)
-CONFIG_ENV = "STT_AGENT_CONFIG"
+CONFIG_HELP = "config file (default: $STT_AGENT_CONFIG, else ./config.yaml, else /etc/stt-agent/config.yaml)"
 # numpy's import starts an OpenBLAS thread per core (60-100 ms of every start here) and nothing on
 # the audio or decode path calls BLAS. A default only: a user's own setting wins.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
-def _setup_logging(verbose: int):
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-
-
 def _load_settings(args):
+    """The settings from the config file every command finds the same way (agent.settings.find_config)."""
     from agent import settings
 
-    return settings.load(args.config or os.environ.get(CONFIG_ENV) or None)
+    path, origin = settings.find_config(args.config)
+    args.config_source = (path, origin)
+    return settings.load(path)
 
 
 def _split(value: str):
@@ -164,12 +162,20 @@ def cmd_run(args) -> int:
     from agent.service import Progress, Watchdog, enable_fault_handler, setup_logging
 
     settings = _run_settings(args)
-    setup_logging(settings.logging, args.verbose)
-    enable_fault_handler()
-    if settings.audio.input not in ("mic", "-") and not os.path.isfile(settings.audio.input):
+    to_stdout = _events_to_stdout(args.events, settings.mqtt.enabled)  # a usage error costs no model load
+    if settings.audio.input not in ("mic", "-") and not os.path.exists(settings.audio.input):
         from agent.audio_file import AudioFileError
 
         raise AudioFileError(f"{settings.audio.input}: no such file")  # before a model load of seconds
+    setup_logging(settings.logging, args.verbose)
+    enable_fault_handler()
+    config_path, _ = args.config_source
+    log.info("configuration: %s", config_path or "built-in defaults (no config file found)",
+             extra={"EVENT": "config", "CONFIG": config_path or "defaults"})
+    if not to_stdout and not settings.mqtt.enabled:
+        log.warning("events go nowhere: mqtt.enabled is false and standard output is the journal, which "
+                    "keeps no speech events; enable mqtt, or pass --events - to write them to stdout anyway",
+                    extra={"EVENT": "no_sink"})
     stop = threading.Event()
     progress = Progress()
     state = {"pipeline": None, "publisher": None}
@@ -183,13 +189,7 @@ def cmd_run(args) -> int:
     recognizer = load_recognizer(settings.recognizer)
     segmenter = Segmenter.from_settings(load_vad(settings.vad), settings.segmenter, settings.vad)
     source = open_source(settings.audio)
-    sinks = []
-    if args.events == "-" or (args.events is None and not settings.mqtt.enabled):
-        sinks.append(JsonLinesSink(sys.stdout))
-    elif args.events not in (None, "mqtt"):
-        raise AgentError(f"--events {args.events}: expected - (JSON lines on stdout) or mqtt")
-    if args.events == "mqtt" and not settings.mqtt.enabled:
-        raise AgentError("--events mqtt: set mqtt.enabled: true (and mqtt.host) in the config")
+    sinks = [JsonLinesSink(sys.stdout)] if to_stdout else []
     pipeline = LivePipeline(source, segmenter, recognizer, lambda e: [sink(e) for sink in sinks],
                             settings.pipeline, progress=progress)
     state["pipeline"] = pipeline
@@ -208,6 +208,21 @@ def cmd_run(args) -> int:
             state["publisher"].stop()
         dog.stop()
     return EXIT_OK if drained else EXIT_FAILED
+
+
+def _events_to_stdout(events: str | None, mqtt_enabled: bool) -> bool:
+    """Whether events are written to stdout as JSON lines (--events, checked before anything loads)."""
+    from agent.errors import ConfigError, UsageError
+    from agent.service.logging import journal_stream
+
+    if events not in (None, "-", "mqtt"):
+        raise UsageError(f"--events {events}: expected - (JSON lines on stdout) or mqtt")
+    if events == "mqtt" and not mqtt_enabled:
+        raise ConfigError("--events mqtt: mqtt.enabled is false; set it to true (and mqtt.host) in the config")
+    if events is not None:
+        return events == "-"
+    # Under systemd stdout is the journal: events (speech text included) do not belong there.
+    return not mqtt_enabled and not journal_stream(sys.stdout)
 
 
 def _reload(args, running, dog):
@@ -272,9 +287,13 @@ def _start_publisher(settings, recognizer, source, pipeline):
 
 
 def cmd_check_config(args) -> int:
-    path = args.config or os.environ.get(CONFIG_ENV) or "config.yaml"
     from agent import settings
+    from agent.errors import ConfigError
 
+    path, _ = settings.find_config(args.config)
+    if path is None:
+        raise ConfigError(f"no config file: give --config PATH or set {settings.CONFIG_ENV} (looked for "
+                          f"{' and '.join(settings.CONFIG_SEARCH)})")
     settings.load(path)
     print(f"{path}: OK")
     return EXIT_OK
@@ -298,7 +317,7 @@ def _add_model_optimize(sub):
         description="Load the model file the config names on the CPU provider and save ONNX Runtime's optimized "
                     "graph to recognizer.cpu.optimized_cache_dir. Later loads with providers [cpu] use it (same "
                     "output, about 60% of the load time). Needs about twice the memory of a normal load, once.")
-    op.add_argument("--config", help=f"config file (default: ${CONFIG_ENV}, else built-in defaults)")
+    op.add_argument("--config", help=CONFIG_HELP)
     op.add_argument("--model", help="model directory (overrides recognizer.model_dir)")
     op.add_argument("--precision", choices=("auto", "int8", "fp32", "fp16"))
     op.add_argument("--force", action="store_true", help="build it again even if an up-to-date copy exists")
@@ -347,14 +366,14 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
 
     tr = sub.add_parser("transcribe", help="transcribe WAV files, one result per file")
     tr.add_argument("files", nargs="+", metavar="FILE", help="WAV files (any rate, channels, int or float)")
-    tr.add_argument("--config", help=f"config file (default: ${CONFIG_ENV}, else built-in defaults)")
+    tr.add_argument("--config", help=CONFIG_HELP)
     _add_recognizer_flags(tr)
     tr.add_argument("--json", action="store_true", help="one JSON line per file, with every field")
     tr.add_argument("--tokens", action="store_true", help="also print each token with its start/end seconds")
     tr.set_defaults(func=cmd_transcribe)
 
     rn = sub.add_parser("run", help="listen (mic, WAV file or raw PCM on stdin) and print events as JSON lines")
-    rn.add_argument("--config", help=f"config file (default: ${CONFIG_ENV}, else built-in defaults)")
+    rn.add_argument("--config", help=CONFIG_HELP)
     rn.add_argument("--input", help="mic, a WAV file, or - for raw s16le 16 kHz mono PCM on stdin")
     rn.add_argument("--fast", action="store_true", help="read a WAV file as fast as possible, not in real time")
     rn.add_argument("--vad", choices=("silero", "energy"), help="voice activity detector")
@@ -364,7 +383,7 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     rn.set_defaults(func=cmd_run)
 
     cc = sub.add_parser("check-config", help="validate a config file: exit 0, or 78 with the problems")
-    cc.add_argument("--config", help=f"config file (default: ${CONFIG_ENV}, else ./config.yaml)")
+    cc.add_argument("--config", help=CONFIG_HELP)
     cc.set_defaults(func=cmd_check_config)
 
     argv = sys.argv[1:] if argv is None else argv
@@ -380,7 +399,9 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser(argv)
     args = parser.parse_args(argv)
-    _setup_logging(args.verbose)
+    from agent.service.logging import setup_early_logging
+
+    setup_early_logging(args.verbose)
     try:
         return args.func(args)
     except AgentError as exc:

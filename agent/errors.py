@@ -19,6 +19,12 @@ class AgentError(Exception):
     exit_code = EXIT_FAILED
 
 
+class UsageError(AgentError):
+    """Wrong command-line usage that argparse cannot see (a flag's value checked against the config)."""
+
+    exit_code = EXIT_USAGE
+
+
 class ConfigError(AgentError):
     exit_code = EXIT_CONFIG
 

@@ -5,8 +5,10 @@ The shipped config.yaml documents the same keys; `doc` strings here are the sour
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Dict, List
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Tuple
 
 from agent.audio.settings import AudioSettings
 from agent.config_schema import load_settings, section, setting
@@ -91,6 +93,26 @@ class Settings:
     mqtt: MqttSettings = section(MqttSettings, "Publishing events to an MQTT broker.")
     logging: LoggingSettings = section(LoggingSettings, "Logs: journald fields or stderr lines.")
     watchdog: WatchdogSettings = section(WatchdogSettings, "systemd watchdog: ping only while the pipeline moves.")
+
+
+CONFIG_ENV = "STT_AGENT_CONFIG"
+# Where every command looks when neither --config nor $STT_AGENT_CONFIG names a file: the working
+# directory first (a checkout, a container's WORKDIR), then the system-wide one install.sh writes.
+CONFIG_SEARCH = ("config.yaml", "/etc/stt-agent/config.yaml")
+
+
+def find_config(explicit: Optional[str] = None, env: Optional[Mapping[str, str]] = None) -> Tuple[Optional[str], str]:
+    """(path or None for the built-in defaults, where it came from), by one rule for every command:
+    --config, then $STT_AGENT_CONFIG, then ./config.yaml, then /etc/stt-agent/config.yaml."""
+    env = os.environ if env is None else env
+    if explicit:
+        return explicit, "--config"
+    if env.get(CONFIG_ENV):
+        return env[CONFIG_ENV], f"${CONFIG_ENV}"
+    for candidate in CONFIG_SEARCH:
+        if Path(candidate).is_file():
+            return candidate, "found"
+    return None, "defaults"
 
 
 def load(path=None) -> Settings:

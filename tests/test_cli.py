@@ -18,8 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(*args, cwd=None, env=None):
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT)}
     full_env.pop("STT_AGENT_CONFIG", None)
+    full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True,
                           cwd=cwd or ROOT, env=full_env, timeout=120)
 
@@ -141,3 +142,23 @@ def test_check_config(tmp_path):
 
 def test_usage_error_exits_2():
     assert run("transcribe").returncode == 2
+
+
+def test_every_command_finds_the_config_by_one_rule(wavs, model, tmp_path):
+    """--config, then $STT_AGENT_CONFIG, then ./config.yaml: check-config and transcribe agree."""
+    (tmp_path / "config.yaml").write_text(f"recognizer:\n  model_dir: {model}\n  language: ko\n", encoding="utf-8")
+    other = tmp_path / "other.yaml"
+    other.write_text(f"recognizer:\n  model_dir: {model}\n  language: zh\n", encoding="utf-8")
+    assert run("check-config", cwd=tmp_path).stdout.strip() == "config.yaml: OK"
+    assert json.loads(run("transcribe", str(wavs[0]), "--json", cwd=tmp_path).stdout)["language"] == "ko"
+    env = {"STT_AGENT_CONFIG": str(other)}
+    assert run("check-config", cwd=tmp_path, env=env).stdout.strip() == f"{other}: OK"
+    assert json.loads(run("transcribe", str(wavs[0]), "--json", cwd=tmp_path, env=env).stdout)["language"] == "zh"
+
+
+@pytest.mark.skipif(Path("/etc/stt-agent/config.yaml").exists(), reason="this machine has a system-wide config")
+def test_check_config_without_any_config_file_says_where_it_looked(tmp_path):
+    proc = run("check-config", cwd=tmp_path)
+    assert proc.returncode == 78
+    assert proc.stderr.strip() == ("error: no config file: give --config PATH or set STT_AGENT_CONFIG "
+                                   "(looked for config.yaml and /etc/stt-agent/config.yaml)")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import tiny_models as tm
-from test_cli import run, write_wav
+from test_cli import ROOT, run, write_wav
 
 RATE = 16000
 
@@ -170,3 +170,45 @@ def test_pipeline_keeps_no_state_per_finished_utterance(model):
         assert pipeline.run(threading.Event())
     assert sum(e["type"] == "final" for e in events) == 4
     assert pipeline._starts == {} and pipeline._silence_at == {}
+
+
+def test_each_log_record_is_written_once(model, tmp_path):
+    wav = write_wav(tmp_path / "a.wav", np.concatenate([silence(0.3), burst(1.0), silence(1.0)]))
+    proc = run("run", "--input", str(wav), "--model", str(model), "--vad", "energy", "--fast")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    for marker in ("configuration: ", "listening on ", "EVENT=final"):
+        assert sum(marker in line for line in lines) == 1, (marker, proc.stderr)
+    assert f"configuration: {ROOT / 'config.yaml'}" not in proc.stderr  # the relative path it found
+    assert any(line.startswith("INFO agent.cli: configuration: config.yaml") for line in lines), proc.stderr
+
+
+def test_events_stay_out_of_the_journal(model, tmp_path):
+    """Under systemd stdout is the journal: events (speech text) are not written there unless asked."""
+    import os
+    import sys
+
+    wav = write_wav(tmp_path / "a.wav", np.concatenate([silence(0.3), burst(1.0), silence(1.0)]))
+    out_path = tmp_path / "stdout"
+    with open(out_path, "w") as out:
+        st = os.fstat(out.fileno())
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+        env.pop("STT_AGENT_CONFIG", None)
+        args = [sys.executable, "-m", "agent", "run", "--input", str(wav), "--model", str(model), "--vad",
+                "energy", "--fast"]
+        proc = subprocess.run(args, stdout=out, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert out_path.read_text() == ""
+        assert "events go nowhere: mqtt.enabled is false" in proc.stderr
+        forced = subprocess.run(args + ["--events", "-"], stdout=out, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                                env=env, timeout=60)
+    assert forced.returncode == 0, forced.stderr
+    assert '"type": "final"' in out_path.read_text()
+
+
+def test_events_mqtt_without_mqtt_is_refused_before_the_model_loads(tmp_path):
+    proc = run("run", "--input", str(tmp_path / "a.wav"), "--model", str(tmp_path / "no-model"), "--events", "mqtt")
+    assert proc.returncode == 78
+    assert proc.stderr.strip() == ("error: --events mqtt: mqtt.enabled is false; set it to true (and mqtt.host) "
+                                   "in the config")
+    assert run("run", "--events", "stdout").returncode == 2

@@ -122,6 +122,29 @@ def level_of(settings: LoggingSettings, verbose: int = 0) -> int:
     return max(logging.DEBUG, _LEVELS[settings.level] - 10 * max(0, verbose))
 
 
+def setup_early_logging(verbose: int = 0, stream: TextIO | None = None) -> None:
+    """Before the config is read: warnings (infos with -v) as plain stderr lines.
+
+    The handler carries the same mark as setup_logging's, so `run`'s setup replaces it instead of
+    adding a second one (two handlers put every record in the journal twice).
+    """
+    _replace_handler(logging.StreamHandler(sys.stderr if stream is None else stream),
+                     max(logging.DEBUG, logging.WARNING - 10 * max(0, verbose)))
+
+
+def _replace_handler(handler: logging.Handler, level: int) -> None:
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if getattr(old, _MARK, False):
+            root.removeHandler(old)
+            old.close()
+    if handler.formatter is None:
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    setattr(handler, _MARK, True)
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
 def setup_logging(settings: LoggingSettings | None = None, verbose: int = 0, *,
                   stream: TextIO | None = None, identifier: str = "stt-agent",
                   env: Mapping[str, str] | None = None, journal_sender=None) -> str:
@@ -133,12 +156,6 @@ def setup_logging(settings: LoggingSettings | None = None, verbose: int = 0, *,
     settings = settings or LoggingSettings()
     env = os.environ if env is None else env
     stream = sys.stderr if stream is None else stream
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if getattr(handler, _MARK, False):
-            root.removeHandler(handler)
-            handler.close()
-
     backend, handler = "stderr", None
     if settings.journald != "off":
         cls = journal_handler_class()
@@ -158,7 +175,5 @@ def setup_logging(settings: LoggingSettings | None = None, verbose: int = 0, *,
         handler = logging.StreamHandler(stream)
         handler.setFormatter(FieldsFormatter(syslog_prefix=journal_stream(stream, env)))
     handler.addFilter(PrivacyFilter(settings.log_text))
-    setattr(handler, _MARK, True)
-    root.addHandler(handler)
-    root.setLevel(level_of(settings, verbose))
+    _replace_handler(handler, level_of(settings, verbose))
     return backend
