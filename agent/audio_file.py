@@ -10,6 +10,7 @@ import logging
 import os
 import struct
 import uuid
+from typing import NamedTuple
 
 import numpy as np
 import soxr
@@ -23,6 +24,20 @@ _PCM, _FLOAT, _EXTENSIBLE = 0x0001, 0x0003, 0xFFFE
 _SUBTYPE_TAIL = b"\x00\x00\x00\x00\x10\x00\x80\x00\x00\xaa\x00\x38\x9b\x71"
 # Streaming writers (ffmpeg/sox to a pipe) cannot seek back to fill in the size.
 _UNKNOWN_SIZES = (0, 0xFFFFFFFF)
+# Below 8 kHz there is no speech band left to recognize, and a header claiming 1 Hz would turn a
+# 20 KB file into 10,000 s (2.2 GB) of resampled audio. 768 kHz is the highest rate audio hardware uses.
+MIN_RATE, MAX_RATE = 8000, 768000
+
+
+class WavFormat(NamedTuple):
+    tag: int  # _PCM or _FLOAT (EXTENSIBLE resolved to its subformat)
+    channels: int
+    rate: int
+    width: int  # bytes per sample
+
+    @property
+    def frame_bytes(self) -> int:
+        return self.channels * self.width
 
 
 class AudioFileError(AgentError):
@@ -31,8 +46,8 @@ class AudioFileError(AgentError):
     exit_code = EXIT_NOINPUT
 
 
-def _parse_fmt(name: str, body: bytes) -> tuple[int, int, int, int]:
-    """Return (format tag, channels, sample rate, bytes per sample) from a fmt chunk."""
+def parse_fmt(name: str, body: bytes) -> WavFormat:
+    """The sample format a fmt chunk describes; AudioFileError for what the recognizer cannot take."""
     if len(body) < 16:
         raise AudioFileError(f"{name}: fmt chunk too short ({len(body)} bytes, expected at least 16)")
     tag, channels, rate, _byte_rate, block_align, bits = struct.unpack_from("<HHIIHH", body)
@@ -51,8 +66,9 @@ def _parse_fmt(name: str, body: bytes) -> tuple[int, int, int, int]:
             "(expected PCM 1, IEEE float 3 or EXTENSIBLE with a PCM/float subformat)")
     if channels == 0:
         raise AudioFileError(f"{name}: header says 0 channels")
-    if rate == 0:
-        raise AudioFileError(f"{name}: header says sample rate 0")
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise AudioFileError(f"{name}: header says sample rate {rate} Hz (expected {MIN_RATE} to {MAX_RATE} Hz; "
+                             f"speech needs at least {MIN_RATE} Hz)")
     # Samples narrower than their container (e.g. 12 or 20 bits) are left-justified in it,
     # so decoding by container width gives the right scale.
     width = (bits + 7) // 8
@@ -63,13 +79,33 @@ def _parse_fmt(name: str, body: bytes) -> tuple[int, int, int, int]:
     if block_align != width * channels:
         log.warning("%s: block align %d does not match %d channels x %d bytes; using the latter",
                     name, block_align, channels, width)
-    return tag, channels, rate, width
+    return WavFormat(tag, channels, rate, width)
 
 
-def _decode(buf: memoryview, tag: int, width: int) -> np.ndarray:
+def decode_frames(buf, fmt: WavFormat) -> np.ndarray:
+    """Whole interleaved frames -> mono float32 on the int16 scale (channels averaged).
+
+    Float samples that are NaN or infinite become 0 (count them first with `non_finite`); finite
+    ones are clipped to full scale, as any conversion to integer PCM would.
+    """
+    samples = _decode(buf, fmt.tag, fmt.width)
+    if fmt.channels > 1:
+        samples = samples.reshape(-1, fmt.channels).mean(axis=1, dtype=np.float32)
+    return samples
+
+
+def non_finite(buf, fmt: WavFormat) -> int:
+    """How many float samples in `buf` are NaN or infinite (0 for integer PCM)."""
+    if fmt.tag != _FLOAT:
+        return 0
+    return int(np.count_nonzero(~np.isfinite(np.frombuffer(buf, "<f4" if fmt.width == 4 else "<f8"))))
+
+
+def _decode(buf, tag: int, width: int) -> np.ndarray:
     """Interleaved little-endian samples -> float32 on the int16 scale."""
     if tag == _FLOAT:
-        return (np.frombuffer(buf, "<f4" if width == 4 else "<f8") * 32768).astype(np.float32)
+        x = np.nan_to_num(np.frombuffer(buf, "<f4" if width == 4 else "<f8"), nan=0.0, posinf=1.0, neginf=-1.0)
+        return (np.clip(x, -1.0, 1.0) * 32768).astype(np.float32)
     if width == 1:  # 8-bit WAV is unsigned, centred on 128
         return (np.frombuffer(buf, np.uint8).astype(np.float32) - 128) * 256
     if width == 2:
@@ -119,18 +155,17 @@ def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
             if pos + size > len(raw):
                 raise AudioFileError(f"{name}: fmt chunk truncated: header says {size} bytes, "
                                      f"file has {len(raw) - pos}")
-            fmt = _parse_fmt(name, raw[pos:pos + size])
+            fmt = parse_fmt(name, raw[pos:pos + size])
         elif cid == b"data":
             if fmt is None:
                 raise AudioFileError(f"{name}: data chunk before any fmt chunk")
-            return _read_data(name, view[pos:], size, *fmt)
+            return _read_data(name, view[pos:], size, fmt)
         pos += size + (size & 1)  # chunks are padded to an even length
     raise AudioFileError(f"{name}: no {'data' if fmt else 'fmt'} chunk")
 
 
-def _read_data(name: str, rest: memoryview, size: int,
-               tag: int, channels: int, rate: int, width: int) -> tuple[np.ndarray, int]:
-    frame = channels * width
+def _read_data(name: str, rest: memoryview, size: int, fmt: WavFormat) -> tuple[np.ndarray, int]:
+    frame = fmt.frame_bytes
     if size in _UNKNOWN_SIZES:
         size = len(rest)
     elif size > len(rest):
@@ -143,10 +178,11 @@ def _read_data(name: str, rest: memoryview, size: int,
     if size % frame:
         log.warning("%s: dropping %d trailing bytes of a partial frame", name, size % frame)
         size -= size % frame
-    samples = _decode(rest[:size], tag, width)
-    if channels > 1:
-        samples = samples.reshape(-1, channels).mean(axis=1, dtype=np.float32)
-    return samples, rate
+    bad = non_finite(rest[:size], fmt)
+    if bad:
+        raise AudioFileError(f"{name}: {bad} of {size // fmt.width} float samples are NaN or infinite "
+                             "(a corrupt file)")
+    return decode_frames(rest[:size], fmt), fmt.rate
 
 
 def resample(samples: np.ndarray, from_rate: int, to_rate: int = 16000) -> np.ndarray:

@@ -85,7 +85,7 @@ class RecognizerSettings:
 
 @dataclass
 class Settings:
-    audio: AudioSettings = section(AudioSettings, "Where audio comes from: microphone, WAV file or stdin.")
+    audio: AudioSettings = section(AudioSettings, "Where audio comes from: microphone, WAV file, stdin or a named pipe.")
     vad: VadSettings = section(VadSettings, "Voice activity detection.")
     segmenter: SegmenterSettings = section(SegmenterSettings, "Cutting the stream into utterances.")
     pipeline: PipelineSettings = section(PipelineSettings, "Partial and final decode scheduling.")

@@ -226,7 +226,10 @@ ERROR_CASES = {
     "fmt-cut": (riff(fmt_chunk())[:30], r"fmt chunk truncated: header says 16 bytes, file has 10"),
     "fmt-short": (riff(chunk(b"fmt ", b"\x01\0\x01\0"), chunk(b"data", b"")), r"fmt chunk too short"),
     "zero-channels": (wav(b"", channels=0), r"header says 0 channels"),
-    "zero-rate": (wav(b"\0\0", rate=0), r"header says sample rate 0"),
+    "zero-rate": (wav(b"\0\0", rate=0), r"header says sample rate 0 Hz \(expected 8000 to 768000 Hz"),
+    "one-hertz": (wav(b"\0" * 20000, rate=1), r"header says sample rate 1 Hz \(expected 8000 to 768000 Hz; speech"),
+    "nan-samples": (wav(np.array([0.5, np.nan, np.inf, -np.inf, 0.1], "<f4").tobytes(), tag=FLOAT, bits=32),
+                    r"3 of 5 float samples are NaN or infinite \(a corrupt file\)"),
     "pcm-64": (wav(b"\0" * 16, bits=64), r"unsupported 64-bit PCM"),
     "float-16": (wav(b"\0" * 16, tag=FLOAT, bits=16), r"unsupported 16-bit IEEE float"),
     "rifx": (b"RIFX\0\0\0\x24WAVE", r"big-endian RIFX"),
@@ -279,3 +282,8 @@ def test_downmix_is_channel_mean(write, channels, values):
     samples, _ = read_wav(write(wav(i16(values), channels=channels)))
     expected = np.array(values, np.float64).reshape(-1, channels).mean(axis=1)
     np.testing.assert_allclose(samples, expected, rtol=0, atol=1e-2)
+
+
+def test_float_samples_beyond_full_scale_are_clipped(write):
+    samples, _ = read_wav(write(wav(np.array([2.0, -1e30, 0.5], "<f4").tobytes(), tag=FLOAT, bits=32)))
+    np.testing.assert_array_equal(samples, [32768, -32768, 16384])

@@ -162,3 +162,19 @@ def test_check_config_without_any_config_file_says_where_it_looked(tmp_path):
     assert proc.returncode == 78
     assert proc.stderr.strip() == ("error: no config file: give --config PATH or set STT_AGENT_CONFIG "
                                    "(looked for config.yaml and /etc/stt-agent/config.yaml)")
+
+
+def test_a_float_wav_with_nan_samples_is_refused_and_the_batch_goes_on(model, wavs, tmp_path):
+    import struct
+
+    data = np.array([0.1, np.nan, 0.2, np.inf] * 4000, "<f4").tobytes()
+    fmt = struct.pack("<HHIIHH", 3, 1, 16000, 64000, 4, 32)
+    nan_wav = tmp_path / "nan.wav"
+    nan_wav.write_bytes(b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVEfmt " + struct.pack("<I", 16) + fmt
+                        + b"data" + struct.pack("<I", len(data)) + data)
+    proc = run("transcribe", str(nan_wav), str(wavs[0]), "--model", str(model), "--json")
+    assert proc.returncode == 1
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert records[0]["error"] == f"{nan_wav}: 8000 of 16000 float samples are NaN or infinite (a corrupt file)"
+    assert records[1]["text"] == tm.PATTERN_TEXT
+    assert "Traceback" not in proc.stderr

@@ -212,3 +212,63 @@ def test_events_mqtt_without_mqtt_is_refused_before_the_model_loads(tmp_path):
     assert proc.stderr.strip() == ("error: --events mqtt: mqtt.enabled is false; set it to true (and mqtt.host) "
                                    "in the config")
     assert run("run", "--events", "stdout").returncode == 2
+
+
+def test_closed_stdin_is_one_line(model):
+    import os
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "agent", "run", "--input", "-", "--model", str(model), "--vad",
+                           "energy"], stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd=ROOT, env=env,
+                          timeout=60, preexec_fn=lambda: os.close(0))
+    assert proc.returncode == 66, proc.stderr
+    assert proc.stderr.splitlines()[-1] == ("error: stdin: standard input is closed (--input - reads raw PCM or a "
+                                            "WAV stream from it)")
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_wav_piped_into_stdin_keeps_its_rate(model, tmp_path):
+    """`arecord -f S16_LE -r 8000 | stt-agent run --input -`: the header says 8 kHz; times must not stretch."""
+    import os
+    import sys
+
+    audio = np.concatenate([silence(0.5), burst(1.0), silence(1.0)])
+    wav = write_wav(tmp_path / "a.wav", audio[::2], rate=8000)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with open(wav, "rb") as stdin:
+        proc = subprocess.run([sys.executable, "-m", "agent", "run", "--input", "-", "--model", str(model), "--vad",
+                               "energy"], stdin=stdin, capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+    events = events_of(proc)
+    end = next(e for e in events if e["type"] == "speech_end")
+    assert end["at"] == pytest.approx(1.5 + 0.2, abs=0.1)
+
+
+def test_a_named_pipe_feeds_the_service_across_writers(model, tmp_path):
+    """A mic-less box: audio.input is a FIFO; each writer's speech gets its final; SIGTERM ends it."""
+    import os
+    import signal
+    import sys
+    import time
+
+    fifo = tmp_path / "audio"
+    os.mkfifo(fifo)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--input", str(fifo), "--model", str(model),
+                             "--vad", "energy"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT, env=env)
+    try:
+        for seed in (0, 1):
+            pcm = np.concatenate([silence(0.3), burst(1.0, seed=seed), silence(0.8)]).astype("<i2").tobytes()
+            with open(fifo, "wb") as out:  # blocks until the agent opens the pipe
+                out.write(pcm)
+            time.sleep(0.5)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    finals = [json.loads(line) for line in out.splitlines() if json.loads(line)["type"] == "final"]
+    assert len(finals) == 2 and all(f["text"].startswith(tm.PATTERN_TEXT) for f in finals)

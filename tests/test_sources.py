@@ -18,6 +18,7 @@ import pytest
 import soxr
 
 from agent.audio import RUNNING, WAITING_FOR_DEVICE, AudioSettings, FileSource, RingBuffer, StdinSource, open_source
+from agent.audio.stdin_source import FifoSource
 from agent.audio.blocks import BlockReader
 from agent.audio_file import AudioFileError, load_audio
 from agent.config_schema import build
@@ -136,6 +137,109 @@ def test_stdin_source_from_a_real_pipe_with_samples_split_across_writes():
         blocks = [b for _, b in drain(source)]
     assert_contiguous(blocks, 800)
     assert np.concatenate([b.samples for b in blocks]).tolist() == pcm.tolist()
+
+
+def wav_bytes(samples, rate=16000, channels=1, streamed=True):
+    """A WAV as a recorder writes it to a pipe: sizes unknown (0xFFFFFFFF) when `streamed`."""
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(np.asarray(samples, "<i2").tobytes())
+    data = bytearray(buf.getvalue())
+    if streamed:
+        data[4:8] = data[40:44] = b"\xff\xff\xff\xff"
+    return bytes(data)
+
+
+def test_a_wav_stream_on_stdin_is_read_at_its_own_rate_and_channels():
+    """arecord's default output: a WAV header, then 48 kHz stereo; read as raw it would play 6x slow."""
+    left = tone(440, 1.0, 48000)
+    stereo = np.stack([left, left], axis=1).reshape(-1)
+    with StdinSource(io.BytesIO(wav_bytes(stereo, rate=48000, channels=2))) as source:
+        blocks = [b for _, b in drain(source)]
+        assert "48000 Hz, 2 channels" in str(source.format) or source.format.rate == 48000
+    samples = np.concatenate([b.samples for b in blocks])
+    assert abs(len(samples) - 16000) < 200
+    assert abs(peak_hz(samples[2000:14000]) - 440) < 5
+
+
+def test_a_bad_wav_header_on_stdin_is_one_clear_error():
+    with pytest.raises(AudioFileError, match=r"^stream: header says sample rate 1 Hz"):
+        StdinSource(io.BytesIO(wav_bytes(np.zeros(100), rate=1))).start()
+
+
+def test_closed_stdin_is_one_clear_error(monkeypatch):
+    monkeypatch.setattr(sys, "stdin", None)
+    with pytest.raises(AudioFileError, match=r"^stdin: standard input is closed"):
+        StdinSource().start()
+
+
+def _write_fifo(path, data):
+    with open(path, "wb") as out:
+        out.write(data)
+
+
+def test_a_fifo_is_read_again_after_each_writer(tmp_path):
+    """A mic-less box's input: writers come and go; each one's audio follows after a gap."""
+    path = tmp_path / "audio"
+    os.mkfifo(path)
+    first, second = np.arange(0, 3200, dtype="<i2"), np.arange(5000, 6600, dtype="<i2")
+    source = open_source(AudioSettings(input=str(path)))
+    assert isinstance(source, FifoSource)
+    source.start()
+    try:
+        assert source.state == WAITING_FOR_DEVICE  # nobody writes yet: not a stalled pipeline
+        got = []
+        for data, want in ((first.tobytes(), len(first)), (wav_bytes(second, streamed=False), len(first) + len(second))):
+            deadline = time.monotonic() + 5
+            while source.state != WAITING_FOR_DEVICE and time.monotonic() < deadline:
+                time.sleep(0.01)  # writers that overlap share one stream: the pipe has no EOF between them
+            threading.Thread(target=_write_fifo, args=(path, data)).start()
+            while sum(len(b.samples) for b in got) < want and time.monotonic() < deadline:
+                block = source.read(timeout=0.2)
+                if block is not None:
+                    got.append(block)
+        samples = np.concatenate([b.samples for b in got])
+        assert samples.tolist() == first.tolist() + second.tolist()
+        assert [b.discontinuity for b in got].count(True) == 1  # the second writer's first block
+        assert next(b for b in got if b.discontinuity).start == len(first)
+    finally:
+        source.stop()
+    assert source.state == "stopped"
+
+
+def test_a_fifo_writer_with_a_bad_header_is_skipped_and_the_next_one_read(tmp_path, caplog):
+    path = tmp_path / "audio"
+    os.mkfifo(path)
+    source = FifoSource(str(path))
+    source.start()
+    try:
+        with caplog.at_level(logging.ERROR, logger="agent.audio.stdin_source"):
+            _write_fifo(path, wav_bytes(np.zeros(100), rate=1))
+            deadline = time.monotonic() + 5
+            while "waiting for the next writer" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.01)  # a writer that overlaps the bad one would share its stream
+            good = np.arange(1, 1601, dtype="<i2")
+            threading.Thread(target=_write_fifo, args=(path, good.tobytes())).start()
+            block = source.read(timeout=5)
+        assert block is not None and block.samples[:5].tolist() == [1, 2, 3, 4, 5]
+        assert "header says sample rate 1 Hz" in caplog.text and "waiting for the next writer" in caplog.text
+    finally:
+        source.stop()
+
+
+def test_stopping_a_fifo_nobody_writes_to_returns_at_once(tmp_path):
+    path = tmp_path / "audio"
+    os.mkfifo(path)
+    source = FifoSource(str(path))
+    source.start()
+    time.sleep(0.2)
+    started = time.monotonic()
+    source.stop()
+    source._thread.join(2)
+    assert not source._thread.is_alive() and time.monotonic() - started < 2
 
 
 # --- the reader side shared by every source ------------------------------------------------

@@ -9,8 +9,10 @@ from agent.config_schema import setting
 @dataclass
 class AudioSettings:
     input: str = setting(
-        "mic", 'Where audio comes from: "mic", a WAV file path, or "-" for raw PCM on stdin '
-               '(signed 16-bit little-endian, 16 kHz, mono).')
+        "mic", 'Where audio comes from: "mic"; a WAV file path; "-" for stdin; or the path of a named pipe '
+               '(mkfifo), read again after each writer closes it: the input of a box without a microphone. '
+               'stdin and pipes take raw PCM (signed 16-bit little-endian, 16 kHz, mono) or a WAV stream '
+               '(any rate, channels and sample format, as arecord and ffmpeg -f wav write).')
     device: str = setting(
         "default", 'The microphone: part of its name, any case (names survive USB replugs, indices do '
                    'not), an index as a quoted number like "2", or default for the system default.')
@@ -30,7 +32,8 @@ class AudioSettings:
     reconnect_max_s: float = setting(
         10.0, "Longest wait between tries to reopen the microphone, in seconds.", min=0.1, max=600.0)
     stall_seconds: float = setting(
-        2.0, "A microphone that delivers nothing for this long is treated as lost and reopened.",
+        2.0, "A microphone that delivers nothing for this long is treated as lost and reopened; a named "
+             "pipe's writer that sends nothing for this long counts as waiting (not as a stalled pipeline).",
         min=0.2, max=60.0)
 
     def check(self):
