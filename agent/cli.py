@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 
 from agent import __version__
 from agent.errors import EXIT_BROKEN_PIPE, EXIT_FAILED, EXIT_OK, EXIT_SOFTWARE, AgentError
@@ -299,6 +300,18 @@ def cmd_check_config(args) -> int:
     return EXIT_OK
 
 
+def cmd_health(args) -> int:
+    from agent.errors import ConfigError
+    from agent.service import health_file
+
+    path = Path(args.file) if args.file else health_file.resolve(_load_settings(args).watchdog.health_file)
+    if path is None:
+        raise ConfigError("watchdog.health_file is empty: the agent writes no health file to check")
+    healthy, why = health_file.judge(path)
+    print(f"{'healthy' if healthy else 'unhealthy'}: {why}", flush=True)
+    return EXIT_OK if healthy else EXIT_FAILED
+
+
 def _add_recognizer_flags(parser):
     parser.add_argument("--model", help="model directory (overrides recognizer.model_dir)")
     parser.add_argument("--provider", help="providers to try in order, e.g. cuda,cpu")
@@ -385,6 +398,13 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     cc = sub.add_parser("check-config", help="validate a config file: exit 0, or 78 with the problems")
     cc.add_argument("--config", help=CONFIG_HELP)
     cc.set_defaults(func=cmd_check_config)
+
+    hc = sub.add_parser("health", help="is the running agent healthy? one line; exit 0 if so, else 1",
+                        description="Reads the health file the running agent rewrites every few seconds "
+                                    "(watchdog.health_file): for a container HEALTHCHECK or a Kubernetes probe.")
+    hc.add_argument("--config", help=CONFIG_HELP)
+    hc.add_argument("--file", help="the health file (default: the one watchdog.health_file names)")
+    hc.set_defaults(func=cmd_health)
 
     argv = sys.argv[1:] if argv is None else argv
     if "model" in argv or not {"-h", "--help"}.isdisjoint(argv) or not argv:

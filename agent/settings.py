@@ -26,10 +26,14 @@ MODEL_EMOTIONS = ("happy", "sad", "angry", "neutral", "fearful", "disgusted", "s
 
 @dataclass
 class CpuSettings:
-    threads: int = setting(2, "Intra-op threads for the CPU execution provider.", min=1, max=64)
+    threads: int = setting(
+        2, "Intra-op threads of the CPU execution provider. Best at the number of physical cores given to the "
+           "agent.", min=1, max=64)
     optimized_cache_dir: str = setting(
-        "auto", "Where 'stt-agent model optimize' keeps the CPU-optimized model copy that loads ~40% faster: "
-                "auto = $CACHE_DIRECTORY/onnxruntime (systemd), else ~/.cache/stt-agent/onnxruntime; empty = never.")
+        "auto", "Where 'stt-agent model optimize' keeps an optimized copy of the model for the CPU provider (used "
+                "only when providers is [cpu]): it loads in ~60% of the time, with the same output. auto = "
+                "$CACHE_DIRECTORY/onnxruntime (set by systemd: /var/cache/stt-agent/onnxruntime), else "
+                "~/.cache/stt-agent/onnxruntime; empty = never use one.")
 
 
 @dataclass
@@ -42,30 +46,39 @@ class TensorRTSettings:
     fp16: bool = setting(True, "Let TensorRT run layers in fp16 (Jetson's fast path).")
     engine_cache_dir: str = setting(
         "/var/cache/stt-agent/tensorrt",
-        "Where built TensorRT engines are kept; building one takes minutes, loading it seconds.")
+        "Where built TensorRT engines are cached: the first start builds them for minutes, later ones load "
+        "them in seconds.")
     workspace_mb: int = setting(2048, "TensorRT builder workspace in MiB.", min=64, max=65536)
     device_id: int = setting(0, "CUDA device index.", min=0, max=63)
 
 
 @dataclass
 class RecognizerSettings:
-    model_dir: str = setting("models/sensevoice-small-int8", "Model directory (either public ONNX export).")
+    model_dir: str = setting(
+        "models/sensevoice-small-int8", "Model directory: either public ONNX export of SenseVoiceSmall (sherpa-onnx's "
+                                        "or FunASR's). Get one with: stt-agent model fetch sensevoice-small-int8")
     precision: str = setting(
-        "auto", "Which model file to load: auto picks int8 on CPU and fp16/fp32 on GPU.", choices=PRECISIONS)
+        "auto", "Which model file to load. auto: int8 on CPU (fast there), fp16/fp32 on GPU (int8 runs badly on "
+                "CUDA).", choices=PRECISIONS)
     providers: List[str] = setting(
-        ["cpu"], "Execution providers to try, in order; the first that loads is used.", choices=PROVIDERS)
+        ["cpu"], "Execution providers to try, in order. One that cannot load is logged once with the reason and "
+                 "the next is used; the one really in use is logged and reported. A Jetson or CUDA box "
+                 "(onnxruntime-gpu installed): [tensorrt, cuda, cpu].", choices=PROVIDERS)
     cpu: CpuSettings = section(CpuSettings, "CPU provider options.")
     cuda: CudaSettings = section(CudaSettings, "CUDA provider options.")
     tensorrt: TensorRTSettings = section(TensorRTSettings, "TensorRT provider options.")
-    language: str = setting("auto", "A fixed language, or auto to detect it.", choices=("auto",) + LANGUAGES)
+    language: str = setting("auto", "A fixed language, or auto to detect it per utterance.",
+                            choices=("auto",) + LANGUAGES)
     allowed_languages: List[str] = setting(
-        [], "With language auto: detect only among these (empty = all).", choices=LANGUAGES)
-    use_itn: bool = setting(True, "Inverse text normalisation: punctuation and digits in the text.")
+        [], "With language auto: detect only among these, e.g. [zh, en]; empty = all five. (nospeech stays "
+            "possible, so non-speech is still recognised as such.)", choices=LANGUAGES)
+    use_itn: bool = setting(True, "Inverse text normalisation: punctuation, casing and digits in the text.")
     allow_emo_unknown: bool = setting(
         False, "Report EMO_UNKNOWN; when false the most likely real emotion is reported instead.")
     emotion_map: Dict[str, str] = setting(
-        {}, "Map the model's emotions onto the avatar's own labels (model label -> avatar label); "
-            "scores of labels mapped together are summed. Unmapped labels keep their own name.")
+        {}, "Map the model's emotions (happy, sad, angry, neutral, fearful, disgusted, surprised, emo_unknown) "
+            "onto the avatar's own labels; scores of labels mapped together are summed; unmapped labels keep "
+            "their name. Example for a five-class avatar: {fearful: surprised, disgusted: angry}")
     warmup: bool = setting(True, "Run one decode at load so the first utterance is not slow.")
 
     def check(self):

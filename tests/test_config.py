@@ -440,6 +440,13 @@ def test_shipped_config_documents_every_key():
     walk(S.Settings(), shipped, "")
 
 
+def test_shipped_config_is_generated_from_the_settings():
+    """Every key's comment is its doc string: `python -m agent.config_doc > config.yaml` after changing one."""
+    from agent.config_doc import render
+
+    assert SHIPPED.read_text(encoding="utf-8") == render(), "run: python -m agent.config_doc > config.yaml"
+
+
 def test_environment_overrides_deployment_values(tmp_path):
     from agent.config_schema import load_settings
     from agent.errors import ConfigError

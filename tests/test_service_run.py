@@ -61,3 +61,60 @@ def test_run_speaks_sd_notify(tmp_path):
     assert max(b - a for a, b in zip(pings, pings[1:])) < 1.0  # never a gap of a whole WATCHDOG_USEC
     assert any("STOPPING=1" in m for m in texts)
     assert [json.loads(line)["type"] for line in out.splitlines()][0] == "speech_start"
+
+
+def _health(path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "agent", "health", "--file", str(path)], capture_output=True,
+                          text=True, cwd=ROOT, env=env, timeout=30)
+    return proc.returncode, proc.stdout.strip()
+
+
+def test_health_command_follows_the_running_agent(tmp_path):
+    """What a container HEALTHCHECK or a Kubernetes probe sees: healthy, hung (SIGSTOP), gone."""
+    model = tm.write_sherpa(tmp_path / "model")
+    fifo = tmp_path / "audio"
+    os.mkfifo(fifo)  # nobody writes: the agent waits for a writer, which is not a stall
+    health = tmp_path / "health.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "STT_AGENT_WATCHDOG__HEALTH_FILE": str(health),
+           "STT_AGENT_WATCHDOG__STATUS_INTERVAL_S": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--input", str(fifo), "--model", str(model),
+                             "--vad", "energy"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT, env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while _health(health)[0] != 0 and time.monotonic() < deadline:
+            time.sleep(0.3)
+        code, line = _health(health)
+        assert code == 0 and line.startswith("healthy: running"), line
+        proc.send_signal(signal.SIGSTOP)  # hung: the file stops changing
+        time.sleep(3 * 1 + 2 + 1.5)
+        code, line = _health(health)
+        assert code == 1 and "was last updated" in line and "the agent hung or stopped" in line, line
+        proc.send_signal(signal.SIGCONT)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    code, line = _health(health)
+    assert code == 1 and line.startswith(f"unhealthy: no health file at {health}"), line
+
+
+def test_health_verdicts_from_the_file(tmp_path):
+    from agent.service import health_file
+
+    path = tmp_path / "h.json"
+    now = time.time()
+    for state, reason, expect in (("running", None, (True, "running (utterances=3)")),
+                                  ("stalled", "no audio consumed for 20 s (limit 15 s)",
+                                   (False, "stalled: no audio consumed for 20 s (limit 15 s)")),
+                                  ("starting", None, (False, "starting (loading the model)")),
+                                  ("stopping", None, (False, "stopping (utterances=3)"))):
+        health_file.write(path, {"state": state, "reason": reason, "status": "utterances=3", "updated": now,
+                                 "period_s": 5.0})
+        assert health_file.judge(path, now=now + 1) == expect
+    assert not health_file.judge(path, now=now + 20)[0]
+    path.write_text("{not json")
+    assert health_file.judge(path)[1].startswith(f"cannot read the health file {path}")

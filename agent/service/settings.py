@@ -34,3 +34,8 @@ class WatchdogSettings:
         min=1.0, max=3600.0)
     status_interval_s: float = setting(
         5.0, "Shortest time between two status lines sent to systemd (`systemctl status`).", min=0.5, max=600.0)
+    health_file: str = setting(
+        "auto", "A file the agent rewrites every few seconds with its health, which `stt-agent health` (a "
+                "container HEALTHCHECK, a Kubernetes probe) reads: auto = $RUNTIME_DIRECTORY/health.json under "
+                "systemd, else /run/stt-agent/health.json if that directory is writable, else "
+                "/tmp/stt-agent-health.json; empty = none.")

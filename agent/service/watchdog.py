@@ -31,11 +31,13 @@ import contextlib
 import faulthandler
 import itertools
 import logging
+import os
 import sys
 import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 from agent.service.notify import Notifier, one_line, watchdog_interval
 
@@ -171,8 +173,13 @@ class Watchdog:
     def __init__(self, progress: Progress, notifier: Notifier | None = None, *,
                  status: StatusSource | None = None, interval: float | None = None,
                  audio_timeout_s: float = 15.0, decode_timeout_s: float = 60.0,
-                 status_interval_s: float = 5.0, clock: Callable[[], float] = time.monotonic):
-        """`interval`: seconds between pings; default half of `$WATCHDOG_USEC` (None: no pings)."""
+                 status_interval_s: float = 5.0, clock: Callable[[], float] = time.monotonic,
+                 health_file: Path | None = None):
+        """`interval`: seconds between pings; default half of `$WATCHDOG_USEC` (None: no pings).
+
+        `health_file`: rewritten every round with the verdict (agent/service/health_file.py), for
+        probes that cannot ask systemd (a container's HEALTHCHECK, Kubernetes).
+        """
         self.progress = progress
         self.notifier = notifier if notifier is not None else Notifier()
         self.status_source = status
@@ -189,18 +196,23 @@ class Watchdog:
         self._last_status_at = float("-inf")
         self._stalled: str | None = None  # the reason while pings are withheld
         self.pings = 0
+        self.health_file = health_file
+        self._health_written = float("-inf")
 
     @classmethod
     def from_settings(cls, progress: Progress, settings, notifier: Notifier | None = None,
                       status: StatusSource | None = None) -> Watchdog:
         """From a `WatchdogSettings` (agent.service.settings)."""
+        from agent.service import health_file
+
         return cls(progress, notifier, status=status, audio_timeout_s=settings.audio_timeout_s,
-                   decode_timeout_s=settings.decode_timeout_s, status_interval_s=settings.status_interval_s)
+                   decode_timeout_s=settings.decode_timeout_s, status_interval_s=settings.status_interval_s,
+                   health_file=health_file.resolve(settings.health_file))
 
     # --- lifecycle --------------------------------------------------------------------------
     def start(self) -> Watchdog:
-        """Start the thread (only when a service manager listens: otherwise there is no one to tell)."""
-        if self.notifier.enabled and self._thread is None:
+        """Start the thread (only when a service manager or a health file listens)."""
+        if (self.notifier.enabled or self.health_file is not None) and self._thread is None:
             self._thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
             self._thread.start()
         return self
@@ -233,6 +245,10 @@ class Watchdog:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+        if self.health_file is not None:
+            from agent.service import health_file
+
+            health_file.remove(self.health_file)  # a stopped agent has no health to report
 
     def __enter__(self):
         return self.start()
@@ -248,8 +264,14 @@ class Watchdog:
         return self.progress.stall(self.audio_timeout_s, self.decode_timeout_s, since=self._ready_at)
 
     def tick(self) -> None:
-        """One round: ping if healthy, and send a status line if it is due (the thread calls this)."""
+        """One round: ping if healthy, send a status line if due, rewrite the health file."""
         reason = self.stall()
+        try:
+            self._ping_or_withhold(reason)
+        finally:
+            self._write_health(reason)
+
+    def _ping_or_withhold(self, reason: str | None) -> None:
         if reason is None:
             if self._stalled is not None:
                 log.warning("pipeline moves again; watchdog pings resume", extra={"EVENT": "watchdog_recovered"})
@@ -269,9 +291,32 @@ class Watchdog:
         if self._stalled is None:
             self._maybe_status()
 
-    def _run(self) -> None:
+    @property
+    def period(self) -> float:
+        """Seconds between two rounds of the thread."""
         period = self.interval if self.interval is not None else self.status_interval_s
-        period = max(0.01, min(period, self.status_interval_s))
+        return max(0.01, min(period, self.status_interval_s))
+
+    def _write_health(self, reason: str | None) -> None:
+        now = self._clock()
+        if self.health_file is None or now - self._health_written < 1.0:
+            return
+        from agent.service import health_file
+
+        state = "stalled" if reason is not None else self.phase
+        record = {"state": state, "reason": reason, "status": self._last_status if reason is None else None,
+                  "pid": os.getpid(), "updated": round(time.time(), 3), "period_s": max(1.0, self.period)}
+        try:
+            health_file.write(self.health_file, record)
+            self._health_written = now
+        except OSError as exc:
+            if self._health_written == float("-inf"):
+                log.warning("cannot write the health file %s: %s (stt-agent health will not see this agent)",
+                            self.health_file, exc.strerror or exc, extra={"EVENT": "health_file"})
+            self._health_written = now  # the warning once; keep trying each second
+
+    def _run(self) -> None:
+        period = self.period
         while True:
             try:
                 self.tick()
