@@ -49,8 +49,29 @@ def test_settings_defaults_and_checks():
     assert "needs a username" in problems_of({"password_env": "P"})[0]
     assert "reconnect_max_s" in problems_of({"reconnect_min_s": 10, "reconnect_max_s": 5})[0]
     assert "one topic level" in problems_of({"device_id": "a/b"})[0]
-    assert "topic prefix" in problems_of({"topic_prefix": "x/#"})[0]
+    assert "contains a wildcard" in problems_of({"topic_prefix": "x/#"})[0]
     assert "go together" in problems_of({"tls": {"cert_file": "/c.pem"}})[0]
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"device_id": "kiosk\x01"}, "mqtt.device_id: 'kiosk\\x01' contains the character U+0001, which MQTT topics"),
+    ({"device_id": "a\x7fb"}, "contains the character U+007F"),
+    ({"device_id": "a\ufffe"}, "contains the character U+FFFE"),
+    ({"device_id": "x" * 70000}, "is 70000 bytes long (at most 253)"),
+    ({"device_id": "+"}, "contains a wildcard (+ or #)"),
+    ({"topic_prefix": "$SYS"}, "mqtt.topic_prefix: '$SYS' starts with $, which brokers reserve"),
+    ({"topic_prefix": "$share/g"}, "starts with $"),
+    ({"topic_prefix": "a//b"}, "has an empty topic level"),
+    ({"topic_prefix": ""}, "mqtt.topic_prefix: '' is empty"),
+    ({"home_assistant": {"discovery_prefix": "ha/"}}, "mqtt.home_assistant.discovery_prefix: 'ha/' has an empty"),
+    ({"client_id": "c\x00"}, "mqtt.client_id: 'c\\x00' contains the character U+0000"),
+    ({"enabled": True, "host": ""}, "mqtt.host: is empty: name the broker"),
+])
+def test_identity_values_that_would_break_publishing_are_refused(data, message):
+    """Brokers drop a client whose topics carry these, and log nothing the agent sees."""
+    problems = problems_of(data)
+    assert len(problems) == 1 and message in problems[0], problems
+    assert len(problems[0]) < 300  # a 70,000-character value is not echoed back whole
 
 
 def test_device_id_defaults_to_host_name(monkeypatch):
