@@ -160,9 +160,13 @@ def test_unavailable_provider_is_logged_and_the_next_used(model_dir, caplog):
     assert len(warnings) == 1 and "trying the next one" in warnings[0]
 
 
-def test_no_usable_provider_is_an_error(model_dir):
-    with pytest.raises(ModelError, match="none of the configured providers"):
+def test_no_usable_provider_is_a_configuration_error(model_dir):
+    """A configuration problem (78), not a corrupt model (66, which systemd would restart 5 times)."""
+    from agent.errors import EXIT_CONFIG, ConfigError
+
+    with pytest.raises(ConfigError, match="recognizer.providers: none of tensorrt, cuda is available in") as info:
         load_recognizer(RecognizerSettings(model_dir=str(model_dir), providers=["tensorrt", "cuda"]))
+    assert info.value.exit_code == EXIT_CONFIG
 
 
 def test_a_cancelled_decode_raises_and_an_uncancelled_one_is_unaffected(recognizer):
