@@ -152,63 +152,12 @@ def _run_settings(args):
 
 
 def cmd_run(args) -> int:
-    import signal
-    import threading
-
-    from agent.audio import open_source
-    from agent.listening import Segmenter, load_vad
-    from agent.pipeline.live import LivePipeline
-    from agent.pipeline.sink import JsonLinesSink
-    from agent.recognizer import load_recognizer
-    from agent.service import Progress, Watchdog, enable_fault_handler, setup_logging
+    from agent.app import Agent
 
     settings = _run_settings(args)
     to_stdout = _events_to_stdout(args.events, settings.mqtt.enabled)  # a usage error costs no model load
-    if settings.audio.input not in ("mic", "-") and not os.path.exists(settings.audio.input):
-        from agent.audio_file import AudioFileError
-
-        raise AudioFileError(f"{settings.audio.input}: no such file")  # before a model load of seconds
-    setup_logging(settings.logging, args.verbose)
-    enable_fault_handler()
-    config_path, _ = args.config_source
-    log.info("configuration: %s", config_path or "built-in defaults (no config file found)",
-             extra={"EVENT": "config", "CONFIG": config_path or "defaults"})
-    if not to_stdout and not settings.mqtt.enabled:
-        log.warning("events go nowhere: mqtt.enabled is false and standard output is the journal, which "
-                    "keeps no speech events; enable mqtt, or pass --events - to write them to stdout anyway",
-                    extra={"EVENT": "no_sink"})
-    stop = threading.Event()
-    progress = Progress()
-    state = {"pipeline": None, "publisher": None}
-    dog = Watchdog.from_settings(progress, settings.watchdog, status=lambda: _status(state))
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: (stop.set(), dog.stopping()))
-    signal.signal(signal.SIGHUP, lambda *_: _reload(args, settings, dog))
-    dog.start()  # pings while the model loads; READY only once it is warm and the source is open
-    if "tensorrt" in settings.recognizer.providers:
-        dog.extend_startup(600)  # a first TensorRT engine build takes minutes
-    recognizer = load_recognizer(settings.recognizer)
-    segmenter = Segmenter.from_settings(load_vad(settings.vad), settings.segmenter, settings.vad)
-    source = open_source(settings.audio)
-    sinks = [JsonLinesSink(sys.stdout)] if to_stdout else []
-    pipeline = LivePipeline(source, segmenter, recognizer, lambda e: [sink(e) for sink in sinks],
-                            settings.pipeline, progress=progress)
-    state["pipeline"] = pipeline
-    if settings.mqtt.enabled:
-        state["publisher"] = _start_publisher(settings, recognizer, source, pipeline)
-        sinks.append(state["publisher"])
-    def started():
-        log.info("listening on %s", settings.audio.input,
-                 extra={"EVENT": "ready", "PROVIDER": recognizer.info["provider"]})
-        dog.ready(f"listening on {settings.audio.input} with {recognizer.info['provider']}")
-
-    try:
-        drained = pipeline.run(stop, on_started=started)  # READY=1: model warm and audio source open
-    finally:
-        if state["publisher"] is not None:
-            state["publisher"].stop()
-        dog.stop()
-    return EXIT_OK if drained else EXIT_FAILED
+    return Agent(settings, config_path=args.config_source[0], events_to_stdout=to_stdout, verbose=args.verbose,
+                 reload_settings=lambda: _run_settings(args)).run()
 
 
 def _events_to_stdout(events: str | None, mqtt_enabled: bool) -> bool:
@@ -224,67 +173,6 @@ def _events_to_stdout(events: str | None, mqtt_enabled: bool) -> bool:
         return events == "-"
     # Under systemd stdout is the journal: events (speech text included) do not belong there.
     return not mqtt_enabled and not journal_stream(sys.stdout)
-
-
-def _reload(args, running, dog):
-    """SIGHUP: apply what is safe to change live (the log level); name what needs a restart."""
-    import dataclasses
-
-    from agent.service import setup_logging
-
-    dog.reloading("reloading configuration")
-    try:
-        fresh = _run_settings(args)
-    except AgentError as exc:
-        log.error("reload: configuration rejected, keeping the running one: %s", exc, extra={"EVENT": "reload"})
-        dog.ready("reload rejected: configuration invalid")
-        return
-    running.logging = fresh.logging
-    setup_logging(fresh.logging, args.verbose)
-    changed = [f.name for f in dataclasses.fields(fresh)
-               if f.name != "logging" and getattr(fresh, f.name) != getattr(running, f.name)]
-    if changed:
-        log.warning("reload: log level applied; changes to %s need a restart (systemctl restart stt-agent)",
-                    ", ".join(changed), extra={"EVENT": "reload"})
-    else:
-        log.info("reload: log level applied", extra={"EVENT": "reload"})
-    dog.ready("configuration reloaded")
-
-
-def _status(state) -> dict:
-    pipeline, publisher = state["pipeline"], state["publisher"]
-    status = {"provider": pipeline.recognizer.info["provider"] if pipeline else None,
-              "utterances": pipeline.utterances if pipeline else 0,
-              "last_latency_ms": pipeline.last_latency_ms if pipeline else None}
-    if publisher is not None:
-        status["broker"] = publisher.connected
-    return status
-
-
-def _start_publisher(settings, recognizer, source, pipeline):
-    from agent.mqtt.publisher import MqttPublisher
-
-    def health():
-        stats = source.stats()
-        return {"provider": recognizer.info["provider"], "model": recognizer.info["model_file"],
-                "overflows": stats.overflows, "samples_lost": stats.lost_samples,
-                "audio_device": {"state": stats.state, "name": stats.device}, "muted": pipeline.muted}
-
-    def on_command(command):
-        name = command["command"]
-        if name in ("mute", "unmute"):
-            pipeline.muted = name == "mute"
-        elif name == "clear_language":
-            pipeline.options = None
-        elif name == "set_language":
-            pipeline.options = recognizer.options(
-                language=command.get("language", "auto"),
-                allowed_languages=tuple(command.get("allowed_languages", ())))
-        log.info("command %s applied", name, extra={"EVENT": "command"})
-
-    publisher = MqttPublisher(settings.mqtt, health=health, on_command=on_command)
-    publisher.start()
-    return publisher
 
 
 def cmd_check_config(args) -> int:

@@ -93,6 +93,10 @@ class MqttSettings:
     reconnect_min_s: float = setting(1.0, "First reconnect delay; it doubles per failed attempt.",
                                      min=0.1, max=300.0)
     reconnect_max_s: float = setting(60.0, "Longest reconnect delay.", min=0.1, max=3600.0)
+    commands_per_s: int = setting(
+        10, "Commands read per second from <prefix>/<device>/cmd; more are ignored, counted in health "
+            "(mqtt.commands.over_limit) and summarised in the log every 10 s, so a flood costs no final.",
+        min=1, max=1000)
     drain_timeout_s: float = setting(5.0, "On stop: how long to wait for queued events to be delivered "
                                           "before publishing offline and disconnecting.", min=0.0, max=120.0)
     home_assistant: MqttHomeAssistantSettings = section(MqttHomeAssistantSettings, "Home Assistant discovery.")

@@ -36,6 +36,7 @@ class Job:
     utterance_id: int
     audio: np.ndarray
     end_sample: int  # stream position of the last speech sample `audio` covers
+    start_sample: int = 0  # stream position of audio[0]
     submitted: float = field(default_factory=time.monotonic)
     cancel: CancelToken = field(default_factory=CancelToken)
 
@@ -48,6 +49,7 @@ class Done:
     utterance_id: int
     result: object  # Recognition
     end_sample: int
+    start_sample: int  # stream position of the decoded audio's first sample
     queue_ms: float  # waited before its decode started
     decode_ms: float
     speculative: bool = False  # a final whose decode started before the endpoint
@@ -56,9 +58,12 @@ class Done:
 
 class Scheduler:
     def __init__(self, decode: Callable[[np.ndarray, CancelToken], object], emit: Callable[[Done], None],
-                 partial_interval_s: float = 0.5, duty_budget: float = 0.5):
+                 partial_interval_s: float = 0.5, duty_budget: float = 0.5,
+                 fail: Optional[Callable[[int, Exception], None]] = None):
+        """`fail(utterance_id, exc)`: a final could not be decoded (it is reported, never silently lost)."""
         self._decode = decode
         self._emit = emit
+        self._fail = fail
         self.partial_interval_s = partial_interval_s
         self.duty_budget = duty_budget
         self._cond = threading.Condition()
@@ -85,18 +90,18 @@ class Scheduler:
         """Whether a partial for the open utterance should be requested now."""
         return (now if now is not None else time.monotonic()) >= self._next_partial_at
 
-    def request_partial(self, utterance_id: int, audio: np.ndarray, end_sample: int):
+    def request_partial(self, utterance_id: int, audio: np.ndarray, end_sample: int, start_sample: int = 0):
         with self._cond:
             if self._partial is not None:
                 self.skipped_partials += 1  # a newer view of the utterance replaces it
-            self._partial = Job(PARTIAL, utterance_id, audio, end_sample)
+            self._partial = Job(PARTIAL, utterance_id, audio, end_sample, start_sample)
             self._cond.notify()
 
-    def request_speculative(self, utterance_id: int, audio: np.ndarray, end_sample: int):
+    def request_speculative(self, utterance_id: int, audio: np.ndarray, end_sample: int, start_sample: int = 0):
         with self._cond:
             self._drop_partials(utterance_id)
             self._cancel_running_partial()
-            self._speculative = Job(SPECULATIVE, utterance_id, audio, end_sample)
+            self._speculative = Job(SPECULATIVE, utterance_id, audio, end_sample, start_sample)
             self._spec_results[utterance_id] = (end_sample, None)
             self._cond.notify()
 
@@ -110,7 +115,7 @@ class Scheduler:
             if running is not None and running.kind == SPECULATIVE and running.utterance_id == utterance_id:
                 running.cancel.cancel()  # its result would be dropped; the model is needed for the next one
 
-    def request_final(self, utterance_id: int, audio: np.ndarray, end_sample: int):
+    def request_final(self, utterance_id: int, audio: np.ndarray, end_sample: int, start_sample: int = 0):
         """The endpoint: publish the speculative result if it covers all speech, else decode now."""
         ready = None
         with self._cond:
@@ -118,7 +123,7 @@ class Scheduler:
             self._cancel_running_partial()
             self._ended.add(utterance_id)
             self._ended.discard(utterance_id - 100)  # keep the set small; ids only grow
-            job = Job(FINAL, utterance_id, audio, end_sample)
+            job = Job(FINAL, utterance_id, audio, end_sample, start_sample)
             spec = self._spec_results.get(utterance_id)
             pending = self._speculative is not None and self._speculative.utterance_id == utterance_id
             if spec is not None and spec[0] >= end_sample and not pending:
@@ -192,8 +197,9 @@ class Scheduler:
                 else:
                     self.cancelled_partials += 1
                 result = None
-            except Exception:  # one bad decode must not kill the worker
+            except Exception as exc:  # one bad decode must not kill the worker
                 log.exception("decode of utterance %s (%s) failed", job.utterance_id, job.kind)
+                self._failed(job, exc)
                 result = None
             finished = time.monotonic()
             decode_ms = (finished - started) * 1000
@@ -205,9 +211,27 @@ class Scheduler:
                     self._next_partial_at = started + gap
             if result is None:
                 continue
-            done = Done(job.kind, job.utterance_id, result, job.end_sample,
+            done = Done(job.kind, job.utterance_id, result, job.end_sample, job.start_sample,
                         (started - job.submitted) * 1000, decode_ms, job.kind == SPECULATIVE)
             self._deliver(job, done)
+
+    def _failed(self, job: Job, exc: Exception):
+        """A failed final is reported; a failed speculative decode leaves its final to a decode of its own."""
+        if job.kind == SPECULATIVE:
+            with self._cond:
+                spec = self._spec_results.get(job.utterance_id)
+                if spec is not None and spec[0] == job.end_sample:
+                    del self._spec_results[job.utterance_id]
+                waiting = self._awaiting_spec.pop(job.utterance_id, None)
+                if waiting is not None:
+                    self._finals.append(waiting)
+                    self._cond.notify()
+            return
+        if job.kind == FINAL and self._fail is not None:
+            try:
+                self._fail(job.utterance_id, exc)
+            except Exception:
+                log.exception("reporting the failed final of utterance %s failed", job.utterance_id)
 
     def _deliver(self, job: Job, done: Done):
         if job.kind == PARTIAL:
