@@ -119,12 +119,19 @@ class Agent:
         self.recognizer = load_recognizer(self.settings.recognizer)
 
     def _open_stream(self):
-        from agent.audio import open_source
         from agent.listening import Segmenter, load_vad
-        from agent.pipeline.live import LivePipeline
 
         s = self.settings
         segmenter = Segmenter.from_settings(load_vad(s.vad), s.segmenter, s.vad)
+        if not s.audio.realtime and os.path.isfile(s.audio.input):
+            from agent.pipeline.offline import OfflinePipeline  # a file read flat out: transcribe's batches
+
+            self.pipeline = OfflinePipeline(s.audio.input, segmenter, self.recognizer, self.emitter, s.pipeline,
+                                            s.offline, progress=self.progress)
+            return
+        from agent.audio import open_source
+        from agent.pipeline.live import LivePipeline
+
         self.pipeline = LivePipeline(open_source(s.audio), segmenter, self.recognizer, self.emitter, s.pipeline,
                                      progress=self.progress)
 

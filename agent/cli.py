@@ -69,30 +69,42 @@ def _recheck(settings_obj):
 
 
 def cmd_transcribe(args) -> int:
+    from agent.errors import UsageError
+    from agent.offline.transcribe import AudioFileError, Outputs, Transcriber
+
     settings = _load_settings(args)
     rec_settings = settings.recognizer
     _apply_recognizer_flags(rec_settings, args)
+    if args.batch_size is not None:
+        settings.offline.batch_size = args.batch_size
+    if args.vad is not None:
+        settings.vad.kind = args.vad
     _recheck(settings)
+    fmt = "json" if args.json else (args.format or "text")
+    if args.json and args.format not in (None, "json"):
+        raise UsageError(f"--json and --format {args.format}: give one of them")
+    output_dir = Path(args.output_dir) if args.output_dir else None
+    if output_dir is not None:
+        if fmt == "text":
+            raise UsageError("--output-dir needs --format (json, srt, vtt, tsv or txt)")
+        if not output_dir.is_dir():
+            raise UsageError(f"--output-dir {output_dir}: no such directory")
     rec_settings.warmup = False  # a batch tool: the first file is the warm-up, and waiting would only add time
     loading = _BackgroundLoad(rec_settings)  # ONNX Runtime releases the GIL while it builds the session
-    from agent.audio_file import AudioFileError, load_audio
-
+    show_progress = args.progress or (not args.quiet and sys.stderr.isatty())
+    transcriber = Transcriber(loading.result, settings, Outputs(fmt, args.tokens, args.segments, output_dir),
+                              progress=sys.stderr if show_progress else None)
     failed = 0
     for path in args.files:
         try:
-            samples = load_audio(path)
+            transcriber.transcribe(path)
         except AudioFileError as exc:
             loading.result()  # a model that cannot load is the one error worth reporting
             failed += 1
+            transcriber.progress.done()
             print(f"error: {exc}", file=sys.stderr)
-            if args.json:
+            if fmt == "json" and output_dir is None:
                 print(json.dumps({"file": path, "error": str(exc)}, ensure_ascii=False), flush=True)
-            continue
-        recognizer = loading.result()
-        started = time.perf_counter()
-        result = recognizer.recognize(samples)
-        decode_ms = (time.perf_counter() - started) * 1000
-        _print_result(path, result, decode_ms, args)
     if failed:
         print(f"error: {failed} of {len(args.files)} files failed", file=sys.stderr)
         return EXIT_FAILED
@@ -123,18 +135,6 @@ class _BackgroundLoad:
         if self._error is not None:
             raise self._error
         return self._value
-
-
-def _print_result(path, result, decode_ms, args):
-    if args.json:
-        record = {"file": path, **result.to_dict(tokens=True), "decode_ms": round(decode_ms, 1)}
-        print(json.dumps(record, ensure_ascii=False), flush=True)
-        return
-    print(f"{path}: [{result.language} {result.emotion} {result.event} conf={result.confidence:.2f} "
-          f"{decode_ms:.0f} ms] {result.text}", flush=True)
-    if args.tokens:
-        for token in result.tokens:
-            print(f"  {token.start:7.2f} {token.end:7.2f}  {token.prob:.2f}  {token.text}")
 
 
 def _run_settings(args):
@@ -265,12 +265,24 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    tr = sub.add_parser("transcribe", help="transcribe WAV files, one result per file")
+    tr = sub.add_parser("transcribe", help="transcribe WAV files of any length, one result per file",
+                        description="A file longer than segmenter.max_utterance_s is cut into utterances by the "
+                                    "VAD and decoded in batches, with memory that does not grow with its length.")
     tr.add_argument("files", nargs="+", metavar="FILE", help="WAV files (any rate, channels, int or float)")
     tr.add_argument("--config", help=CONFIG_HELP)
     _add_recognizer_flags(tr)
-    tr.add_argument("--json", action="store_true", help="one JSON line per file, with every field")
-    tr.add_argument("--tokens", action="store_true", help="also print each token with its start/end seconds")
+    tr.add_argument("--json", action="store_true", help="one JSON line per file, with every field and its segments")
+    tr.add_argument("--format", choices=("json", "srt", "vtt", "tsv", "txt"),
+                    help="output format (default: a text line per file)")
+    tr.add_argument("--output-dir", metavar="DIR", help="write FILE's result to DIR/<name>.<format> instead of stdout")
+    tr.add_argument("--segments", action="store_true",
+                    help="also print each segment as a JSON line as soon as it is decoded")
+    tr.add_argument("--tokens", action="store_true", help="tokens with their start/end seconds (text and segments)")
+    tr.add_argument("--batch-size", type=int, metavar="N", help="segments per model run (overrides offline.batch_size)")
+    tr.add_argument("--vad", choices=("silero", "energy"), help="the VAD that cuts long files into utterances")
+    quiet = tr.add_mutually_exclusive_group()
+    quiet.add_argument("--quiet", action="store_true", help="no progress line on stderr")
+    quiet.add_argument("--progress", action="store_true", help="a progress line on stderr even when it is not a terminal")
     tr.set_defaults(func=cmd_transcribe)
 
     rn = sub.add_parser("run", help="listen (mic, WAV file or raw PCM on stdin) and print events as JSON lines")

@@ -162,10 +162,10 @@ def test_health_example_in_the_docs_is_what_is_sent(broker, tmp_path):
     import re
 
     model = tm.write_sherpa(tmp_path / "model")
-    wav = write_wav(tmp_path / "a.wav", np.zeros(16000))
+    wav = write_wav(tmp_path / "a.wav", np.zeros(32000))
     config = mqtt_config(tmp_path, model, broker, "docs")
     sub = Subscriber(broker, "stt-agent/docs/health")
-    proc = run("run", "--config", str(config), "--input", str(wav), "--fast")
+    proc = run("run", "--config", str(config), "--input", str(wav))  # 2 s at real-time pace: it connects
     assert proc.returncode == 0, proc.stderr
     sent = json.loads(sub.wait_topic("stt-agent/docs/health")[0].payload)
     docs = (ROOT / "docs" / "EVENTS.md").read_text(encoding="utf-8")

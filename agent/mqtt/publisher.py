@@ -152,9 +152,8 @@ class MqttPublisher:
         self._stopping = True
         timeout = self.settings.drain_timeout_s if timeout is None else timeout
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self._connected.is_set():
-            if len(self._outbox) == 0 and self._inflight_count == 0:
-                break
+        # Also while not (yet) connected: a file decoded in a second can end before the first CONNACK.
+        while time.monotonic() < deadline and self.pending():
             self._wake.set()
             time.sleep(0.02)
         left = self.pending()

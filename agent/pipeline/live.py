@@ -154,26 +154,30 @@ class LivePipeline:
         end_wall = self._clock.wall(done.end_sample)
         latency = None if end_wall is None else _ms(time.time() - end_wall)  # end of speech -> final
         self.last_latency_ms = latency
-        result = dataclasses.replace(done.result, tokens=[
-            dataclasses.replace(t, start=t.start + start / RATE, end=t.end + start / RATE)
-            for t in done.result.tokens])  # stream seconds
-        # Fields operators query in the journal; the text goes only in TEXT (dropped unless log_text).
-        log.info("final of utterance %s: %s ms after end of speech, decode %.0f ms", done.utterance_id,
-                 latency, done.decode_ms,
-                 extra={"EVENT": "final", "UTTERANCE_ID": done.utterance_id, "LATENCY_MS": latency,
-                        "DECODE_MS": round(done.decode_ms, 1), "LANGUAGE": result.language,
-                        "EMOTION": result.emotion, "TEXT": result.text})
-        self.emitter.emit(Final(done.utterance_id, result, **timing, endpoint_delay_ms=latency,
-                                speculative=done.speculative))
-        if result.text:  # an utterance with no words says nothing about mood or language
-            self.emitter.emit(Emotion(done.utterance_id, result.emotion, result.emotion_scores, result.confidence))
-            self.emitter.emit(Language(done.utterance_id, result.language, result.language_scores,
-                                       result.confidence))
+        emit_final(self.emitter, done.utterance_id, done.result, start, timing, latency, done.speculative)
 
     def _on_failed(self, utterance_id: int, exc: Exception):
         self.emitter.emit(Problem("pipeline", "decode_failed", f"the final could not be decoded: "
                                                                f"{type(exc).__name__}: {exc}"[:500],
                                   utterance_id=utterance_id))
+
+
+def emit_final(emitter: Emitter, utterance_id: int, result, start_sample: int, timing: dict,
+               latency_ms: Optional[float], speculative: bool) -> None:
+    """An utterance's final (tokens moved to stream seconds), then its emotion and language; logged once."""
+    offset = start_sample / RATE
+    result = dataclasses.replace(result, tokens=[dataclasses.replace(t, start=t.start + offset, end=t.end + offset)
+                                                 for t in result.tokens])
+    # Fields operators query in the journal; the text goes only in TEXT (dropped unless log_text).
+    log.info("final of utterance %s: %s ms after end of speech, decode %.0f ms", utterance_id, latency_ms,
+             timing["decode_ms"],
+             extra={"EVENT": "final", "UTTERANCE_ID": utterance_id, "LATENCY_MS": latency_ms,
+                    "DECODE_MS": round(timing["decode_ms"], 1), "LANGUAGE": result.language,
+                    "EMOTION": result.emotion, "TEXT": result.text})
+    emitter.emit(Final(utterance_id, result, **timing, endpoint_delay_ms=latency_ms, speculative=speculative))
+    if result.text:  # an utterance with no words says nothing about mood or language
+        emitter.emit(Emotion(utterance_id, result.emotion, result.emotion_scores, result.confidence))
+        emitter.emit(Language(utterance_id, result.language, result.language_scores, result.confidence))
 
 
 def _ms(seconds: Optional[float]) -> Optional[float]:
