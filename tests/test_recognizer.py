@@ -123,6 +123,20 @@ def test_batch_gives_the_same_results_as_one_at_a_time(recognizer):
     assert batch[1].tokens[0].start == pytest.approx(1.5 + 0.06)
 
 
+def test_each_item_of_a_batch_keeps_its_own_language_and_itn(recognizer):
+    """Streams with different settings share one model run (sherpa-onnx's batch cannot do this)."""
+    segments = [noise(tm.ONE_PATTERN_SAMPLES, seed=i) for i in range(3)]
+    options = [recognizer.options(language="ja"), None, recognizer.options(use_itn=False)]
+    batch = recognizer.recognize_batch(segments, options)
+    single = [recognizer.recognize(s, o) for s, o in zip(segments, options)]
+    assert [b.to_dict() for b in batch] == [s.to_dict() for s in single]
+    assert [b.language for b in batch] == ["ja", "en", "en"]
+    logits, _ = recognizer.logits(segments, options)
+    assert [logits[i, 3].argmax() for i in range(3)] == [tm.token_id("<|withitn|>")] * 2 + [tm.token_id("<|woitn|>")]
+    with pytest.raises(ValueError, match="2 options for 3 segments"):
+        recognizer.recognize_batch(segments, options[:2])
+
+
 def test_short_audio_still_decodes(recognizer):
     for n in (0, 1, 399, 400):
         result = recognizer.recognize(np.zeros(n, np.float32))

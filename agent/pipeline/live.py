@@ -15,7 +15,7 @@ from typing import Callable, Dict, Optional
 
 from agent.events import Emitter, Emotion, Final, Language, Partial, Problem, SpeechEnded, SpeechStarted
 from agent.listening import SilenceBegan, SpeechEnd, SpeechResumed, SpeechStart
-from agent.pipeline.scheduler import FINAL, Done, Scheduler
+from agent.pipeline.scheduler import FINAL, DecodeScheduler, Done, Scheduler
 from agent.pipeline.settings import PipelineSettings
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,8 @@ class Clock:
 
 class LivePipeline:
     def __init__(self, source, segmenter, recognizer, emitter: Emitter, settings: PipelineSettings,
-                 progress=None):
+                 progress=None, scheduler: Optional[DecodeScheduler] = None):
+        """`scheduler`: the decode worker shared with other streams (serve); None: one of its own."""
         self.source = source
         self.progress = progress  # agent.service.Progress: lets the systemd watchdog see the pipeline move
         self.options = None  # DecodeOptions set at run time (MQTT language commands); None = defaults
@@ -55,8 +56,12 @@ class LivePipeline:
         self.emitter = emitter
         self._clock = Clock(realtime=getattr(source, "realtime", True))
         self._silence_at: Dict[int, int] = {}  # open utterance -> where its current silence began
-        self.scheduler = Scheduler(self._decode, self._on_done, settings.partial_interval_ms / 1000.0,
-                                   settings.duty_budget, fail=self._on_failed)
+        self._owns_scheduler = scheduler is None
+        if scheduler is None:
+            self.scheduler = Scheduler(self._decode, self._on_done, settings.partial_interval_ms / 1000.0,
+                                       settings.duty_budget, fail=self._on_failed)
+        else:  # a lane of the shared worker: this stream's requests, batched with the others'
+            self.scheduler = scheduler.lane(self._on_done, self._on_failed, options=lambda: self.options)
         self.utterances = 0
 
     # ------------------------------------------------------------------ pipeline thread
@@ -65,7 +70,8 @@ class LivePipeline:
 
         `on_started` runs once the source is open (the service sends READY=1 there).
         """
-        self.scheduler.start()
+        if self._owns_scheduler:
+            self.scheduler.start()
         try:
             self.source.start()
             if on_started is not None:
@@ -92,7 +98,11 @@ class LivePipeline:
                 self._on_segment_event(event)
         finally:
             self.source.stop()
-            drained = self.scheduler.stop(self.settings.drain_timeout_s)
+            if self._owns_scheduler:
+                drained = self.scheduler.stop(self.settings.drain_timeout_s)
+            else:
+                drained = self.scheduler.drain(self.settings.drain_timeout_s)
+                self.scheduler.close()
         if not drained:
             log.error("stopped with finals still undecoded after %.1f s", self.settings.drain_timeout_s)
         return drained

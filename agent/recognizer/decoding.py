@@ -149,8 +149,11 @@ def _top_posteriors(logits: np.ndarray, frames: np.ndarray, best: np.ndarray) ->
     return out
 
 
-def decode_batch(decoder: Decoder, logits: np.ndarray, lengths: Sequence[int], options: DecodeOptions,
-                 durations: Sequence[float], offsets: Optional[Sequence[float]] = None) -> List[Recognition]:
+def decode_batch(decoder: Decoder, logits: np.ndarray, lengths: Sequence[int],
+                 options: "DecodeOptions | Sequence[DecodeOptions]", durations: Sequence[float],
+                 offsets: Optional[Sequence[float]] = None) -> List[Recognition]:
+    """Each item's Recognition, with its own options (one DecodeOptions for all, or one per item)."""
     offsets = offsets or [0.0] * len(lengths)
-    return [decoder.decode(logits[i, : int(n)], options, durations[i], offsets[i])
+    per_item = [options] * len(lengths) if isinstance(options, DecodeOptions) else list(options)
+    return [decoder.decode(logits[i, : int(n)], per_item[i], durations[i], offsets[i])
             for i, n in enumerate(lengths)]
