@@ -352,3 +352,33 @@ def test_a_client_faster_than_real_time_is_slowed_by_not_reading_its_socket(tmp_
         server.stop()
     assert code == 1000 and len(finals(events)) == 3
     assert time.monotonic() - started >= 6.4 - 1.0 - 0.5  # paced to real time, give or take a frame
+
+
+def test_a_stream_is_refused_while_the_model_is_at_capacity(tmp_path):
+    """Admission control: when finals already take most of the model's time, one more stream would slow
+    every stream's finals down, so it is told to come back (503, Retry-After)."""
+    from agent.server.server import StreamServer
+    from agent.settings import Settings
+
+    class AtCapacity:
+        def load(self):
+            return {"finals": 0.95, "partials": 0.0}
+
+    settings = Settings()
+    settings.server.port, settings.server.host, settings.server.auth = free_port(), "127.0.0.1", "none"
+    server = StreamServer(settings, recognizer=None, decoder=AtCapacity(), session="00000000")
+    server.start()
+
+    async def attempt():
+        with pytest.raises(InvalidStatus) as info:
+            async with connect(f"ws://127.0.0.1:{settings.server.port}/ws/stt/dev"):
+                pass
+        return info.value.response
+
+    try:
+        response = asyncio.run(attempt())
+    finally:
+        server.stop(1.0)
+    assert response.status_code == 503 and response.headers["Retry-After"] == "30"
+    assert b"at capacity (95% of the last minute on finals)" in response.body
+    assert server.refused == {"busy": 1}
