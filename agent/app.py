@@ -48,7 +48,7 @@ class Agent:
         self.stop = threading.Event()
         self.session = new_session()
         self.watchdog = self.progress = self.publisher = self.recognizer = self.pipeline = None
-        self.decoder = self.server = None
+        self.decoder = self.server = self.wyoming = None
         self.emitter: Optional[Emitter] = None
         self._stdout_closed = False
 
@@ -130,7 +130,8 @@ class Agent:
         from agent.pipeline.scheduler import DecodeScheduler
 
         s = self.settings
-        batch = s.server.resolved_batch_size(self.recognizer.info["provider"]) if s.server.enabled else 1
+        serving = s.server.enabled or s.server.wyoming.enabled
+        batch = s.server.resolved_batch_size(self.recognizer.info["provider"]) if serving else 1
         self.decoder = DecodeScheduler(self._decode, batch_size=batch, max_batch_seconds=s.offline.max_batch_seconds,
                                        partial_interval_s=s.pipeline.partial_interval_ms / 1000.0,
                                        duty_budget=s.pipeline.duty_budget)
@@ -161,15 +162,20 @@ class Agent:
                                      progress=self.progress, scheduler=self.decoder)
 
     def _start_server(self):
-        if not self.settings.server.enabled:
-            return
-        from agent.server.server import StreamServer
-
         sinks = [self.publisher] if self.publisher is not None else []
-        self.server = StreamServer(self.settings, self.recognizer, self.decoder, self.session, sinks=sinks,
-                                   device_status=self.publisher.device_status if self.publisher else None,
-                                   progress=self.progress)
-        self.server.start()
+        if self.settings.server.enabled:
+            from agent.server.server import StreamServer
+
+            self.server = StreamServer(self.settings, self.recognizer, self.decoder, self.session, sinks=sinks,
+                                       device_status=self.publisher.device_status if self.publisher else None,
+                                       progress=self.progress)
+            self.server.start()
+        if self.settings.server.wyoming.enabled:
+            from agent.server.wyoming_server import WyomingServer
+
+            self.wyoming = WyomingServer(self.settings, self.recognizer, self.decoder, self.session, sinks=sinks,
+                                         progress=self.progress)
+            self.wyoming.start()
 
     def _listen(self) -> bool:
         if self.publisher is not None:
@@ -192,6 +198,8 @@ class Agent:
         timeout = self.settings.pipeline.drain_timeout_s
         if self.server is not None:
             drained = self.server.stop(timeout) and drained
+        if self.wyoming is not None:
+            drained = self.wyoming.stop(timeout) and drained
         if self.decoder is not None:
             drained = self.decoder.stop(timeout) and drained
         for sink in self.emitter.sinks if self.emitter else ():
@@ -227,6 +235,9 @@ class Agent:
                           audio_device={"state": stats.state, "name": stats.device}, muted=self.pipeline.muted)
         if self.server is not None:
             health["server"] = self.server.stats()
+        if self.wyoming is not None:
+            health["wyoming"] = {"connections": len(self.wyoming.handlers), "transcripts": self.wyoming.transcripts,
+                                 "refused": self.wyoming.refused}
         return health
 
     def _command(self, command: dict):

@@ -166,7 +166,8 @@ def cmd_serve(args) -> int:
     def settings_of():
         settings = _load_settings(args)
         _apply_recognizer_flags(settings.recognizer, args)
-        settings.server.enabled = True
+        if not settings.server.wyoming.enabled:
+            settings.server.enabled = True  # serve must serve something: the WebSocket streams, by default
         if args.host is not None:
             settings.server.host = args.host
         if args.port is not None:

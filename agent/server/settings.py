@@ -22,6 +22,37 @@ class ServerTlsSettings:
 
 
 @dataclass
+class WyomingSettings:
+    enabled: bool = setting(
+        False, "Serve Home Assistant's Wyoming protocol (speech-to-text) with `run` or `serve`: HA sends each "
+               "utterance and gets the transcript, with emotion, language and their scores in its data.")
+    uri: str = setting("tcp://0.0.0.0:10300", "Where to listen: tcp://HOST:PORT or unix:///path/to/socket.")
+    zeroconf: bool = setting(
+        True, "Announce the service on the local network (mDNS _wyoming._tcp.local.) so Home Assistant finds "
+              "it by itself; off on hosts without multicast.")
+    endpoint: bool = setting(
+        True, "Detect the end of speech here (our VAD and speculative final) and say so to Home Assistant "
+              "(requires_external_vad false): the transcript comes right after the speaker stops, not after the "
+              "satellite's own silence timeout. false: the client ends each utterance with audio-stop.")
+    endpoint_silence_ms: int = setting(
+        700, "With endpoint on: the silence that ends a command (Home Assistant's own default is 700 ms; the "
+             "live pipeline's segmenter.endpoint_silence_ms is tuned for conversation).", min=64, max=5000)
+    no_speech_timeout_s: float = setting(
+        8.0, "With endpoint on: a transcribe that hears no speech for this long gets an empty transcript.",
+        min=1.0, max=120.0)
+    device_id: str = setting(
+        "", "Device id of Wyoming clients' events on MQTT (<prefix>/<device_id>/...); empty = "
+            "wyoming-<client address>.")
+
+    def check(self):
+        from urllib.parse import urlparse
+
+        parsed = urlparse(self.uri)
+        if parsed.scheme not in ("tcp", "unix") or (parsed.scheme == "tcp" and not parsed.port):
+            yield "uri", f"{self.uri!r} is not tcp://HOST:PORT or unix:///path"
+
+
+@dataclass
 class ServerSettings:
     enabled: bool = setting(
         False, "Accept audio streams from devices at ws://HOST:PORT/ws/stt/<device_id> (stt-agent serve turns it "
@@ -54,6 +85,7 @@ class ServerSettings:
     batch_size: int = setting(
         0, "Finals (of any streams) decoded in one model run when several are ready. 0 = auto: 4 on the CPU "
            "provider, 8 on CUDA/TensorRT.", min=0, max=64)
+    wyoming: WyomingSettings = section(WyomingSettings, "Home Assistant's Wyoming speech-to-text protocol.")
 
     def check(self):
         if self.enabled and self.auth == "token" and not self.tokens_file:

@@ -81,7 +81,7 @@ class NetworkStream:
     """The pipeline of one device's connection, on a thread of its own (VAD and segmenter per frame)."""
 
     def __init__(self, device_id: str, peer: str, settings, recognizer, decoder, emitter: Emitter, *,
-                 options, first_utterance_id: int = 1):
+                 options, first_utterance_id: int = 1, segmenter_settings=None):
         self.device_id = device_id
         self.peer = peer
         self.started = time.monotonic()
@@ -91,8 +91,8 @@ class NetworkStream:
         self.latency_ms = LatencyWindow(200)
         self.finals = 0
         self.emitter.sinks.append(self)  # counts finals and their latency for health
-        segmenter = Segmenter.from_settings(load_vad(settings.vad), settings.segmenter, settings.vad,
-                                            first_utterance_id=first_utterance_id)
+        segmenter = Segmenter.from_settings(load_vad(settings.vad), segmenter_settings or settings.segmenter,
+                                            settings.vad, first_utterance_id=first_utterance_id)
         self.pipeline = LivePipeline(self.source, segmenter, recognizer, self.emitter, settings.pipeline,
                                      scheduler=decoder)
         self.pipeline.options = options
