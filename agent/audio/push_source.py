@@ -33,6 +33,9 @@ class PushSource(AudioSource):
     def room(self) -> int:
         return self._buffer.capacity - self._buffer.available
 
+    def capacity(self) -> int:
+        return self._buffer.capacity
+
     def finish(self) -> None:
         """No more audio: the pipeline reads what is left, then the stream ends."""
         self._end_sessions()

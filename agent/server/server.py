@@ -359,7 +359,8 @@ class StreamServer:
                 live.add(value)
         return {"streams": len(self.streams), "accepted": self.accepted, "refused": dict(self.refused),
                 "latency_ms": live.summary(),
-                "devices": {d: {"utterances": s.finals, "latency_ms": s.latency_ms.summary()}
+                "devices": {d: {"utterances": s.finals, "latency_ms": s.latency_ms.summary(),
+                                "buffered_s": round(s.buffered_seconds(), 2)}
                             for d, s in list(self.streams.items())},
                 "decoder": {"queued_finals": self.decoder.queued_finals(),
                             "load": {k: round(v, 3) for k, v in load.items()},

@@ -125,6 +125,10 @@ class NetworkStream:
     def seconds_pushed(self) -> float:
         return self.source.pushed / RATE
 
+    def buffered_seconds(self) -> float:
+        """Audio received and not yet through the VAD: bounded by the ring (the handler waits for room)."""
+        return (self.source.capacity() - self.source.room()) / RATE
+
     def finish(self):
         """No more audio: the open utterance ends and its final is decoded (the thread ends then)."""
         self.source.finish()
