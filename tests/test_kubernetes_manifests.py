@@ -300,7 +300,7 @@ def test_config_map_is_a_valid_agent_config(rendered, name, tmp_path, monkeypatc
     models = mount_for(container, "models")["mountPath"]
     assert config.recognizer.model_dir.startswith(models + "/")
     fetch = next(c for c in ds["spec"]["template"]["spec"]["initContainers"] if c["name"] == "fetch-model")
-    assert fetch["args"][:2] == ["model", "fetch"]
+    assert fetch["args"][:2] == ["model", "fetch"] and mount_for(fetch, "models")["mountPath"] == "/models"
     assert Path(config.recognizer.model_dir).name == fetch["args"][2]  # the init container fetches that model
     manifest = json.loads((ROOT / "models" / "manifest.json").read_text())
     assert fetch["args"][2] in manifest["models"]
@@ -312,6 +312,12 @@ def test_config_map_is_a_valid_agent_config(rendered, name, tmp_path, monkeypatc
     else:
         assert config.recognizer.providers == ["cpu"]
         assert config.recognizer.cpu.optimized_cache_dir.startswith(cache + "/")
+        inits = ds["spec"]["template"]["spec"]["initContainers"]
+        assert [c["name"] for c in inits] == ["fetch-model", "optimize-model"]  # they run in this order
+        optimize = inits[1]
+        assert "model optimize --config /etc/stt-agent/config.yaml" in optimize["command"][-1]
+        assert {m["mountPath"]: m["name"] for m in optimize["volumeMounts"]} == {
+            config_mount["mountPath"]: "config", models: "models", cache: "cache", "/tmp": "tmp"}
 
 
 @pytest.mark.parametrize("name", OVERLAYS)
