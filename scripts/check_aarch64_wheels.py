@@ -176,12 +176,13 @@ def main(argv=None) -> int:
             print(f"  ok  {pkg['name']} {pkg['version']}: {pkg['file']}")
 
     # Optional extras: what a Jetson gets, said plainly.
-    for extra, note in (("gpu", "on a Jetson, NVIDIA's onnxruntime-gpu for the JetPack is installed instead "
-                                "(Jetson AI Lab index; docker/Dockerfile.jetson, install.sh --ort-wheel)"),
-                        ("journald", "optional; builds from source on the Jetson "
-                                     "(apt-get install libsystemd-dev pkg-config gcc python3-dev)")):
+    notes = {"gpu": ("on a Jetson, NVIDIA's onnxruntime-gpu for the JetPack is installed instead "
+                     "(Jetson AI Lab index; docker/Dockerfile.jetson, install.sh --ort-wheel)"),
+             "journald": ("optional; builds from source on the Jetson "
+                          "(apt-get install libsystemd-dev pkg-config gcc python3-dev)")}
+    for extra, note in notes.items():
         for requirement in extras.get(extra, []):
-            rc, report, _ = pip_report([requirement], target, wheels_only=True, no_deps=True)
+            _, report, _ = pip_report([requirement], target, wheels_only=True, no_deps=True)
             if report is not None:
                 pkg = next(iter(installs(report).values()))
                 print(f"  note  [{extra}] {requirement}: wheel {pkg['file']}")

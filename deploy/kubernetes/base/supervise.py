@@ -92,11 +92,15 @@ def run(args) -> int:
 
     env = dict(os.environ, NOTIFY_SOCKET=sock_path, WATCHDOG_USEC=str(int(args.watchdog_sec * 1_000_000)))
     env.pop("WATCHDOG_PID", None)
-    child = subprocess.Popen(args.command, env=env)
-    state["pid"] = child.pid
-    write_state(state_path, state)
+    # Handlers first: PID 1 ignores a signal it has no handler for, and a SIGTERM that came before the
+    # agent existed is passed on as soon as it does.
+    child = None
+    early = []
 
     def forward(signum, _frame):
+        if child is None:
+            early.append(signum)
+            return
         try:
             child.send_signal(signum)
         except ProcessLookupError:
@@ -104,6 +108,11 @@ def run(args) -> int:
 
     for signum in FORWARDED:
         signal.signal(signum, forward)
+    child = subprocess.Popen(args.command, env=env)
+    for signum in early:
+        child.send_signal(signum)
+    state["pid"] = child.pid
+    write_state(state_path, state)
 
     while True:
         try:
