@@ -286,7 +286,7 @@ def test_config_map_is_a_valid_agent_config(rendered, name, tmp_path, monkeypatc
     config_mount = mount_for(container, "config")
     volume = next(v for v in ds["spec"]["template"]["spec"]["volumes"] if v["name"] == "config")
     cm = one(rendered[name], "ConfigMap", volume["configMap"]["name"])
-    assert container["command"][-2:] == ["--config", f"{config_mount['mountPath']}/config.yaml"]
+    assert container["args"] == ["run", "--config", f"{config_mount['mountPath']}/config.yaml"]
     path = tmp_path / "config.yaml"
     path.write_text(cm["data"]["config.yaml"], encoding="utf-8")
     for var in [v for v in os.environ if v.startswith("STT_AGENT_")]:
@@ -341,22 +341,24 @@ def test_mqtt_secret_is_mounted_where_password_file_points(rendered, name):
 def test_probes_ask_the_agent_and_caches_survive_restarts(rendered, name):
     ds = one(rendered[name], "DaemonSet", "stt-agent")
     container = agent_container(ds)
-    supervise = f"{mount_for(container, 'supervise')['mountPath']}/supervise.py"
-    assert container["command"][:3] == ["/opt/stt-agent/venv/bin/python", supervise, "run"]
-    for probe, what in (("startupProbe", "ready"), ("readinessProbe", "ready"), ("livenessProbe", "live")):
-        command = container[probe]["exec"]["command"]
-        assert command[0] == "/opt/stt-agent/venv/bin/python" and supervise in command
-        assert command[command.index(supervise) + 1:][:2] == ["check", what]
+    volumes = {v["name"]: v for v in ds["spec"]["template"]["spec"]["volumes"]}
+    cm = one(rendered[name], "ConfigMap", volumes["config"]["configMap"]["name"])
+    health_file = yaml.safe_load(cm["data"]["config.yaml"])["watchdog"]["health_file"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        # the agent's own verdict, from the file this pod's agent writes
+        assert container[probe]["exec"]["command"] == ["/opt/stt-agent/venv/bin/stt-agent", "health", "--file",
+                                                       health_file]
+    run = mount_for(container, "run")
+    assert Path(health_file).parent == Path(run["mountPath"]) and not run.get("readOnly")
+    assert volumes["run"]["emptyDir"]["medium"] == "Memory"
     startup = container["startupProbe"]
     budget = startup["periodSeconds"] * startup["failureThreshold"]
     assert budget >= (780 if name == "jetson" else 180)  # TimeoutStartSec=180, + 600 s for a TensorRT build
+    liveness = container["livenessProbe"]
+    assert liveness["periodSeconds"] * liveness["failureThreshold"] <= 30  # WatchdogSec=30
     assert container["resources"]["limits"]["squat.ai/audio"] == 1
-    volumes = {v["name"]: v for v in ds["spec"]["template"]["spec"]["volumes"]}
     assert volumes["cache"]["hostPath"]["path"] == "/var/cache/stt-agent"
     assert volumes["models"]["hostPath"]["path"] == "/var/lib/stt-agent/models"
-    assert volumes["run"]["emptyDir"]["medium"] == "Memory"
-    supervise_cm = one(rendered[name], "ConfigMap", volumes["supervise"]["configMap"]["name"])
-    assert supervise_cm["data"]["supervise.py"] == (DEPLOY / "base" / "supervise.py").read_text()
 
 
 def test_jetson_overlay_uses_the_nvidia_runtime_on_jetsons_only(rendered):
