@@ -15,7 +15,7 @@
 # `scripts/setup.sh --cpu --test` and pytest inside it, as CI does. The mounts live in a private mount
 # namespace, so nothing stays mounted when the script ends, however it ends.
 # The host's /sys is not bound into the root: ONNX Runtime's cpuinfo reads the CPU topology from sysfs and
-# segfaults when it finds the x86 host's there; without /sys it warns once and falls back.
+# segfaults when it finds the x86 host's there (exit 139 on import); without /sys it warns and falls back.
 set -euo pipefail
 
 CACHE=/var/tmp/stt-agent-arm64 SUITE=bookworm MIRROR="" FRESH=0 PYTEST_ARGS=()
@@ -45,7 +45,7 @@ die() { echo "test_arm64_qemu.sh: $*" >&2; exit 1; }
 missing=()
 for tool in debootstrap update-binfmts unshare chroot; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
 [ -x /usr/bin/qemu-aarch64-static ] || [ -e /usr/libexec/qemu-binfmt/aarch64-binfmt-P ] || missing+=(qemu-aarch64-static)
-[ ${#missing[@]} -eq 0 ] || die "missing ${missing[*]}: apt-get install qemu-user-static binfmt-support debootstrap"
+[ ${#missing[@]} -eq 0 ] || die "missing ${missing[*]}: apt-get install qemu-user-static binfmt-support debootstrap (unshare: util-linux, chroot: coreutils)"
 if [ -z "$MIRROR" ]; then
   MIRROR=$(grep -rhoE '(URIs:|deb) +https?://[^ ]+/debian/?( |$)' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null \
              | awk '{print $2}' | head -n 1 || true)
