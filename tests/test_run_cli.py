@@ -345,3 +345,28 @@ def test_a_reader_that_goes_away_stops_the_run_quietly(model, tmp_path):
     os.close(write_end)
     assert proc.returncode == 141, proc.stderr
     assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
+
+
+def test_sigterm_while_stdin_stays_open_exits_cleanly(model):
+    """A daemon thread blocked in sys.stdin.buffer's read aborted the interpreter at exit (SIGABRT, 6 of 10)."""
+    import os
+    import signal
+    import sys
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--input", "-", "--model", str(model), "--vad",
+                                 "energy"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                cwd=ROOT, env=env)
+        try:
+            proc.stdin.write(silence(1.0).astype("<i2").tobytes())
+            proc.stdin.flush()
+            time.sleep(1.5)  # loaded, reading stdin, which stays open
+            proc.send_signal(signal.SIGTERM)
+            err = proc.communicate(timeout=20)[1].decode()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 0, err[-500:]
+        assert "Fatal Python error" not in err

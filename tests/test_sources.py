@@ -216,7 +216,7 @@ def test_a_fifo_writer_with_a_bad_header_is_skipped_and_the_next_one_read(tmp_pa
     source = FifoSource(str(path))
     source.start()
     try:
-        with caplog.at_level(logging.ERROR, logger="agent.audio.stdin_source"):
+        with caplog.at_level(logging.INFO, logger="agent.audio.stdin_source"):
             _write_fifo(path, wav_bytes(np.zeros(100), rate=1))
             deadline = time.monotonic() + 5
             while "waiting for the next writer" not in caplog.text and time.monotonic() < deadline:
