@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from agent.audio import FileSource  # noqa: E402
 from agent.audio_file import load_audio  # noqa: E402
 from agent.events import Emitter  # noqa: E402
+from agent.pipeline.scheduler import DecodeScheduler  # noqa: E402
 from agent.listening import Segmenter, SegmenterSettings, VadSettings, load_vad  # noqa: E402
 from agent.pipeline.live import LivePipeline  # noqa: E402
 from agent.pipeline.settings import PipelineSettings  # noqa: E402
@@ -141,10 +142,17 @@ def run_ours(args, wav, turns, silence_window):
     source = FileSource(str(wav), realtime=True)
     sink = Recorder()
     sampler = Sampler()
-    pipeline = LivePipeline(source, segmenter, recognizer, Emitter("bench", "00000000", [sink]), PipelineSettings())
+    settings = PipelineSettings()
+    # The decode worker `stt-agent run` builds (agent/app.py): shared, one item per run for one stream.
+    decoder = DecodeScheduler(lambda audios, options, cancel: recognizer.recognize_batch(audios, options, cancel=cancel),
+                              partial_interval_s=settings.partial_interval_ms / 1000.0, duty_budget=settings.duty_budget)
+    decoder.start()
+    pipeline = LivePipeline(source, segmenter, recognizer, Emitter("bench", "00000000", [sink]), settings,
+                            scheduler=decoder)
     sampler.start()
     started = time.time()
     pipeline.run(threading.Event())
+    decoder.stop()
     sampler.stop.set()
     stats = source.stats()
     result = analyse(sink.events, sampler.samples, turns, silence_window, started, stats, recognizer,
