@@ -383,7 +383,6 @@ optimize_model() {
   local model_dir
   model_dir=$(config_model_dir)
   [ -n "$model_dir" ] && [ -d "$model_dir" ] || return 0
-  make_dir "$CACHE_DIR" 0750 user
   local out
   if out=$(runuser -u "$NAME" -- env CACHE_DIRECTORY="$CACHE_DIR" "$VENV/bin/stt-agent" model optimize \
       --config "$CONFIG" 2>&1); then
@@ -401,6 +400,9 @@ do_install() {
   install_config
   make_dir "$STATE_DIR" 0750 user
   make_dir "$MODELS_DIR" 0750 user
+  # Before the first start too: the `model optimize` step printed below writes here as stt-agent,
+  # and systemd's CacheDirectory= creates it only when the service starts.
+  make_dir "$CACHE_DIR" 0750 user
   install_unit
   fetch_model
   optimize_model
