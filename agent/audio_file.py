@@ -119,70 +119,138 @@ def _decode(buf, tag: int, width: int) -> np.ndarray:
     return np.frombuffer(buf, "<i4").astype(np.float32) / 65536
 
 
+class WavFile:
+    """An open WAV file whose header has been read: its format and where its samples are.
+
+    The samples are read all at once (`read_all`) or a block at a time (`blocks`): a long recording
+    is never held whole in memory (a 2-hour 16 kHz file is 230 MB as int16, 460 MB as float32).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.name = os.fspath(path)
+        try:
+            self._file = open(path, "rb")  # noqa: SIM115 - closed by close() / the context manager
+        except FileNotFoundError:
+            raise AudioFileError(f"{self.name}: no such file") from None
+        except OSError as e:
+            raise AudioFileError(f"{self.name}: cannot read: {e.strerror or e}") from None
+        try:
+            self.fmt, self.data_offset, self.data_size = self._read_header()
+        except BaseException:
+            self._file.close()
+            raise
+
+    @property
+    def rate(self) -> int:
+        return self.fmt.rate
+
+    @property
+    def duration(self) -> float:
+        """Seconds of audio in the file."""
+        return self.data_size / self.fmt.frame_bytes / self.fmt.rate
+
+    def _read(self, n: int) -> bytes:
+        try:
+            return self._file.read(n)
+        except OSError as e:
+            raise AudioFileError(f"{self.name}: cannot read: {e.strerror or e}") from None
+
+    def _read_header(self) -> tuple[WavFormat, int, int]:
+        name = self.name
+        file_size = os.fstat(self._file.fileno()).st_size
+        head = self._read(12)
+        if not head:
+            raise AudioFileError(f"{name}: empty file")
+        if head[:4] in (b"RF64", b"BW64"):
+            raise AudioFileError(f"{name}: {head[:4].decode()} (64-bit WAV) files are not supported")
+        if head[:4] == b"RIFX":
+            raise AudioFileError(f"{name}: big-endian RIFX files are not supported")
+        if head[:4] != b"RIFF":
+            raise AudioFileError(f"{name}: not a RIFF/WAVE file (starts with {head[:4]!r})")
+        if len(head) < 12:
+            raise AudioFileError(f"{name}: RIFF header truncated ({len(head)} bytes, expected 12)")
+        if head[8:12] != b"WAVE":
+            raise AudioFileError(f"{name}: not a RIFF/WAVE file (RIFF form type {head[8:12]!r})")
+        fmt = None
+        pos = 12  # the RIFF size field is ignored: streaming writers leave it wrong
+        while pos + 8 <= file_size:
+            self._file.seek(pos)
+            cid, size = struct.unpack("<4sI", self._read(8))
+            pos += 8
+            if cid == b"fmt ":
+                if pos + size > file_size:
+                    raise AudioFileError(f"{name}: fmt chunk truncated: header says {size} bytes, "
+                                         f"file has {file_size - pos}")
+                fmt = parse_fmt(name, self._read(size))
+            elif cid == b"data":
+                if fmt is None:
+                    raise AudioFileError(f"{name}: data chunk before any fmt chunk")
+                return fmt, pos, self._data_size(size, file_size - pos, fmt)
+            pos += size + (size & 1)  # chunks are padded to an even length
+        raise AudioFileError(f"{name}: no {'data' if fmt else 'fmt'} chunk")
+
+    def _data_size(self, size: int, rest: int, fmt: WavFormat) -> int:
+        name, frame = self.name, fmt.frame_bytes
+        if size in _UNKNOWN_SIZES:
+            size = rest
+        elif size > rest:
+            if rest % frame:
+                raise AudioFileError(f"{name}: data chunk truncated: header says {size} bytes, file has {rest}")
+            log.warning("%s: data chunk truncated: header says %d bytes, file has %d; reading %d frames",
+                        name, size, rest, rest // frame)
+            size = rest
+        if size % frame:
+            log.warning("%s: dropping %d trailing bytes of a partial frame", name, size % frame)
+            size -= size % frame
+        return size
+
+    def _decoded(self, raw: bytes) -> np.ndarray:
+        bad = non_finite(raw, self.fmt)
+        if bad:
+            raise AudioFileError(f"{self.name}: {bad} of {len(raw) // self.fmt.width} float samples are NaN or "
+                                 "infinite (a corrupt file)")
+        return decode_frames(raw, self.fmt)
+
+    def read_all(self) -> np.ndarray:
+        """Every sample: mono float32 on the int16 scale, at the file's rate."""
+        self._file.seek(self.data_offset)
+        return self._decoded(self._read(self.data_size))
+
+    def blocks(self, seconds: float = 1.0, rate: int = 16000):
+        """Mono float32 blocks on the int16 scale, resampled to `rate` as they are read (soxr's
+        streaming resampler: no seams at block edges)."""
+        frames = max(1, int(self.fmt.rate * seconds))
+        stream = None if self.fmt.rate == rate else soxr.ResampleStream(self.fmt.rate, rate, 1, dtype="float32",
+                                                                        quality="HQ")
+        self._file.seek(self.data_offset)
+        left = self.data_size
+        while left > 0:
+            raw = self._read(min(left, frames * self.fmt.frame_bytes))
+            if not raw:
+                break
+            left -= len(raw)
+            samples = self._decoded(raw[: len(raw) - len(raw) % self.fmt.frame_bytes])
+            yield samples if stream is None else stream.resample_chunk(samples, last=left <= 0)
+        if stream is not None and left > 0:  # the file shrank under us: flush what the filter holds
+            yield stream.resample_chunk(np.zeros(0, np.float32), last=True)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> WavFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     """Read a WAV file as (mono float32 samples on the int16 scale, sample rate).
 
     Multi-channel audio is downmixed by averaging the channels.
     """
-    name = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        raise AudioFileError(f"{name}: no such file") from None
-    except OSError as e:
-        raise AudioFileError(f"{name}: cannot read: {e.strerror or e}") from None
-    if not raw:
-        raise AudioFileError(f"{name}: empty file")
-    if raw[:4] in (b"RF64", b"BW64"):
-        raise AudioFileError(f"{name}: {raw[:4].decode()} (64-bit WAV) files are not supported")
-    if raw[:4] == b"RIFX":
-        raise AudioFileError(f"{name}: big-endian RIFX files are not supported")
-    if raw[:4] != b"RIFF":
-        raise AudioFileError(f"{name}: not a RIFF/WAVE file (starts with {raw[:4]!r})")
-    if len(raw) < 12:
-        raise AudioFileError(f"{name}: RIFF header truncated ({len(raw)} bytes, expected 12)")
-    if raw[8:12] != b"WAVE":
-        raise AudioFileError(f"{name}: not a RIFF/WAVE file (RIFF form type {raw[8:12]!r})")
-
-    view = memoryview(raw)
-    fmt = None
-    pos = 12  # the RIFF size field is ignored: streaming writers leave it wrong
-    while pos + 8 <= len(raw):
-        cid, size = struct.unpack_from("<4sI", raw, pos)
-        pos += 8
-        if cid == b"fmt ":
-            if pos + size > len(raw):
-                raise AudioFileError(f"{name}: fmt chunk truncated: header says {size} bytes, "
-                                     f"file has {len(raw) - pos}")
-            fmt = parse_fmt(name, raw[pos:pos + size])
-        elif cid == b"data":
-            if fmt is None:
-                raise AudioFileError(f"{name}: data chunk before any fmt chunk")
-            return _read_data(name, view[pos:], size, fmt)
-        pos += size + (size & 1)  # chunks are padded to an even length
-    raise AudioFileError(f"{name}: no {'data' if fmt else 'fmt'} chunk")
-
-
-def _read_data(name: str, rest: memoryview, size: int, fmt: WavFormat) -> tuple[np.ndarray, int]:
-    frame = fmt.frame_bytes
-    if size in _UNKNOWN_SIZES:
-        size = len(rest)
-    elif size > len(rest):
-        if len(rest) % frame:
-            raise AudioFileError(
-                f"{name}: data chunk truncated: header says {size} bytes, file has {len(rest)}")
-        log.warning("%s: data chunk truncated: header says %d bytes, file has %d; reading %d frames",
-                    name, size, len(rest), len(rest) // frame)
-        size = len(rest)
-    if size % frame:
-        log.warning("%s: dropping %d trailing bytes of a partial frame", name, size % frame)
-        size -= size % frame
-    bad = non_finite(rest[:size], fmt)
-    if bad:
-        raise AudioFileError(f"{name}: {bad} of {size // fmt.width} float samples are NaN or infinite "
-                             "(a corrupt file)")
-    return decode_frames(rest[:size], fmt), fmt.rate
+    with WavFile(path) as wav:
+        return wav.read_all(), wav.rate
 
 
 def resample(samples: np.ndarray, from_rate: int, to_rate: int = 16000) -> np.ndarray:

@@ -69,30 +69,42 @@ def _recheck(settings_obj):
 
 
 def cmd_transcribe(args) -> int:
+    from agent.errors import UsageError
+    from agent.offline.transcribe import AudioFileError, Outputs, Transcriber
+
     settings = _load_settings(args)
     rec_settings = settings.recognizer
     _apply_recognizer_flags(rec_settings, args)
+    if args.batch_size is not None:
+        settings.offline.batch_size = args.batch_size
+    if args.vad is not None:
+        settings.vad.kind = args.vad
     _recheck(settings)
+    fmt = "json" if args.json else (args.format or "text")
+    if args.json and args.format not in (None, "json"):
+        raise UsageError(f"--json and --format {args.format}: give one of them")
+    output_dir = Path(args.output_dir) if args.output_dir else None
+    if output_dir is not None:
+        if fmt == "text":
+            raise UsageError("--output-dir needs --format (json, srt, vtt, tsv or txt)")
+        if not output_dir.is_dir():
+            raise UsageError(f"--output-dir {output_dir}: no such directory")
     rec_settings.warmup = False  # a batch tool: the first file is the warm-up, and waiting would only add time
     loading = _BackgroundLoad(rec_settings)  # ONNX Runtime releases the GIL while it builds the session
-    from agent.audio_file import AudioFileError, load_audio
-
+    show_progress = args.progress or (not args.quiet and sys.stderr.isatty())
+    transcriber = Transcriber(loading.result, settings, Outputs(fmt, args.tokens, args.segments, output_dir),
+                              progress=sys.stderr if show_progress else None)
     failed = 0
     for path in args.files:
         try:
-            samples = load_audio(path)
+            transcriber.transcribe(path)
         except AudioFileError as exc:
             loading.result()  # a model that cannot load is the one error worth reporting
             failed += 1
+            transcriber.progress.done()
             print(f"error: {exc}", file=sys.stderr)
-            if args.json:
+            if fmt == "json" and output_dir is None:
                 print(json.dumps({"file": path, "error": str(exc)}, ensure_ascii=False), flush=True)
-            continue
-        recognizer = loading.result()
-        started = time.perf_counter()
-        result = recognizer.recognize(samples)
-        decode_ms = (time.perf_counter() - started) * 1000
-        _print_result(path, result, decode_ms, args)
     if failed:
         print(f"error: {failed} of {len(args.files)} files failed", file=sys.stderr)
         return EXIT_FAILED
@@ -125,18 +137,6 @@ class _BackgroundLoad:
         return self._value
 
 
-def _print_result(path, result, decode_ms, args):
-    if args.json:
-        record = {"file": path, **result.to_dict(tokens=True), "decode_ms": round(decode_ms, 1)}
-        print(json.dumps(record, ensure_ascii=False), flush=True)
-        return
-    print(f"{path}: [{result.language} {result.emotion} {result.event} conf={result.confidence:.2f} "
-          f"{decode_ms:.0f} ms] {result.text}", flush=True)
-    if args.tokens:
-        for token in result.tokens:
-            print(f"  {token.start:7.2f} {token.end:7.2f}  {token.prob:.2f}  {token.text}")
-
-
 def _run_settings(args):
     """The config file with run's command-line flags applied on top, validated."""
     settings = _load_settings(args)
@@ -152,63 +152,12 @@ def _run_settings(args):
 
 
 def cmd_run(args) -> int:
-    import signal
-    import threading
-
-    from agent.audio import open_source
-    from agent.listening import Segmenter, load_vad
-    from agent.pipeline.live import LivePipeline
-    from agent.pipeline.sink import JsonLinesSink
-    from agent.recognizer import load_recognizer
-    from agent.service import Progress, Watchdog, enable_fault_handler, setup_logging
+    from agent.app import Agent
 
     settings = _run_settings(args)
     to_stdout = _events_to_stdout(args.events, settings.mqtt.enabled)  # a usage error costs no model load
-    if settings.audio.input not in ("mic", "-") and not os.path.exists(settings.audio.input):
-        from agent.audio_file import AudioFileError
-
-        raise AudioFileError(f"{settings.audio.input}: no such file")  # before a model load of seconds
-    setup_logging(settings.logging, args.verbose)
-    enable_fault_handler()
-    config_path, _ = args.config_source
-    log.info("configuration: %s", config_path or "built-in defaults (no config file found)",
-             extra={"EVENT": "config", "CONFIG": config_path or "defaults"})
-    if not to_stdout and not settings.mqtt.enabled:
-        log.warning("events go nowhere: mqtt.enabled is false and standard output is the journal, which "
-                    "keeps no speech events; enable mqtt, or pass --events - to write them to stdout anyway",
-                    extra={"EVENT": "no_sink"})
-    stop = threading.Event()
-    progress = Progress()
-    state = {"pipeline": None, "publisher": None}
-    dog = Watchdog.from_settings(progress, settings.watchdog, status=lambda: _status(state))
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: (stop.set(), dog.stopping()))
-    signal.signal(signal.SIGHUP, lambda *_: _reload(args, settings, dog))
-    dog.start()  # pings while the model loads; READY only once it is warm and the source is open
-    if "tensorrt" in settings.recognizer.providers:
-        dog.extend_startup(600)  # a first TensorRT engine build takes minutes
-    recognizer = load_recognizer(settings.recognizer)
-    segmenter = Segmenter.from_settings(load_vad(settings.vad), settings.segmenter, settings.vad)
-    source = open_source(settings.audio)
-    sinks = [JsonLinesSink(sys.stdout)] if to_stdout else []
-    pipeline = LivePipeline(source, segmenter, recognizer, lambda e: [sink(e) for sink in sinks],
-                            settings.pipeline, progress=progress)
-    state["pipeline"] = pipeline
-    if settings.mqtt.enabled:
-        state["publisher"] = _start_publisher(settings, recognizer, source, pipeline)
-        sinks.append(state["publisher"])
-    def started():
-        log.info("listening on %s", settings.audio.input,
-                 extra={"EVENT": "ready", "PROVIDER": recognizer.info["provider"]})
-        dog.ready(f"listening on {settings.audio.input} with {recognizer.info['provider']}")
-
-    try:
-        drained = pipeline.run(stop, on_started=started)  # READY=1: model warm and audio source open
-    finally:
-        if state["publisher"] is not None:
-            state["publisher"].stop()
-        dog.stop()
-    return EXIT_OK if drained else EXIT_FAILED
+    return Agent(settings, config_path=args.config_source[0], events_to_stdout=to_stdout, verbose=args.verbose,
+                 reload_settings=lambda: _run_settings(args)).run()
 
 
 def _events_to_stdout(events: str | None, mqtt_enabled: bool) -> bool:
@@ -224,67 +173,6 @@ def _events_to_stdout(events: str | None, mqtt_enabled: bool) -> bool:
         return events == "-"
     # Under systemd stdout is the journal: events (speech text included) do not belong there.
     return not mqtt_enabled and not journal_stream(sys.stdout)
-
-
-def _reload(args, running, dog):
-    """SIGHUP: apply what is safe to change live (the log level); name what needs a restart."""
-    import dataclasses
-
-    from agent.service import setup_logging
-
-    dog.reloading("reloading configuration")
-    try:
-        fresh = _run_settings(args)
-    except AgentError as exc:
-        log.error("reload: configuration rejected, keeping the running one: %s", exc, extra={"EVENT": "reload"})
-        dog.ready("reload rejected: configuration invalid")
-        return
-    running.logging = fresh.logging
-    setup_logging(fresh.logging, args.verbose)
-    changed = [f.name for f in dataclasses.fields(fresh)
-               if f.name != "logging" and getattr(fresh, f.name) != getattr(running, f.name)]
-    if changed:
-        log.warning("reload: log level applied; changes to %s need a restart (systemctl restart stt-agent)",
-                    ", ".join(changed), extra={"EVENT": "reload"})
-    else:
-        log.info("reload: log level applied", extra={"EVENT": "reload"})
-    dog.ready("configuration reloaded")
-
-
-def _status(state) -> dict:
-    pipeline, publisher = state["pipeline"], state["publisher"]
-    status = {"provider": pipeline.recognizer.info["provider"] if pipeline else None,
-              "utterances": pipeline.utterances if pipeline else 0,
-              "last_latency_ms": pipeline.last_latency_ms if pipeline else None}
-    if publisher is not None:
-        status["broker"] = publisher.connected
-    return status
-
-
-def _start_publisher(settings, recognizer, source, pipeline):
-    from agent.mqtt.publisher import MqttPublisher
-
-    def health():
-        stats = source.stats()
-        return {"provider": recognizer.info["provider"], "model": recognizer.info["model_file"],
-                "overflows": stats.overflows, "samples_lost": stats.lost_samples,
-                "audio_device": {"state": stats.state, "name": stats.device}, "muted": pipeline.muted}
-
-    def on_command(command):
-        name = command["command"]
-        if name in ("mute", "unmute"):
-            pipeline.muted = name == "mute"
-        elif name == "clear_language":
-            pipeline.options = None
-        elif name == "set_language":
-            pipeline.options = recognizer.options(
-                language=command.get("language", "auto"),
-                allowed_languages=tuple(command.get("allowed_languages", ())))
-        log.info("command %s applied", name, extra={"EVENT": "command"})
-
-    publisher = MqttPublisher(settings.mqtt, health=health, on_command=on_command)
-    publisher.start()
-    return publisher
 
 
 def cmd_check_config(args) -> int:
@@ -377,12 +265,24 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    tr = sub.add_parser("transcribe", help="transcribe WAV files, one result per file")
+    tr = sub.add_parser("transcribe", help="transcribe WAV files of any length, one result per file",
+                        description="A file longer than segmenter.max_utterance_s is cut into utterances by the "
+                                    "VAD and decoded in batches, with memory that does not grow with its length.")
     tr.add_argument("files", nargs="+", metavar="FILE", help="WAV files (any rate, channels, int or float)")
     tr.add_argument("--config", help=CONFIG_HELP)
     _add_recognizer_flags(tr)
-    tr.add_argument("--json", action="store_true", help="one JSON line per file, with every field")
-    tr.add_argument("--tokens", action="store_true", help="also print each token with its start/end seconds")
+    tr.add_argument("--json", action="store_true", help="one JSON line per file, with every field and its segments")
+    tr.add_argument("--format", choices=("json", "srt", "vtt", "tsv", "txt"),
+                    help="output format (default: a text line per file)")
+    tr.add_argument("--output-dir", metavar="DIR", help="write FILE's result to DIR/<name>.<format> instead of stdout")
+    tr.add_argument("--segments", action="store_true",
+                    help="also print each segment as a JSON line as soon as it is decoded")
+    tr.add_argument("--tokens", action="store_true", help="tokens with their start/end seconds (text and segments)")
+    tr.add_argument("--batch-size", type=int, metavar="N", help="segments per model run (overrides offline.batch_size)")
+    tr.add_argument("--vad", choices=("silero", "energy"), help="the VAD that cuts long files into utterances")
+    quiet = tr.add_mutually_exclusive_group()
+    quiet.add_argument("--quiet", action="store_true", help="no progress line on stderr")
+    quiet.add_argument("--progress", action="store_true", help="a progress line on stderr even when it is not a terminal")
     tr.set_defaults(func=cmd_transcribe)
 
     rn = sub.add_parser("run", help="listen (mic, WAV file or raw PCM on stdin) and print events as JSON lines")

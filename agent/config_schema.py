@@ -8,14 +8,31 @@ wyoming-satellite's settings: a typo must never be silently ignored.
 from __future__ import annotations
 
 import copy
-import difflib
-import os
 import dataclasses
+import difflib
+import math
+import os
 import typing
 from pathlib import Path
 from typing import Any
 
 from agent.errors import ConfigError
+
+# A config is a few KB (the shipped one: 13 KB). The limits keep a hostile or broken file (a
+# 100 MB file, 5,000-deep nesting, a "billion laughs" of aliases expanding to 10^9 values) to an
+# answer in milliseconds instead of minutes of CPU and gigabytes of memory.
+MAX_BYTES = 256 * 1024
+MAX_DEPTH = 32
+MAX_VALUES = 10_000
+_SHOW = 80  # characters of a value quoted back in a message
+
+
+def show(value) -> str:
+    """repr(value), cut to a readable length: a 20 MB wrong value is not echoed back whole."""
+    text = repr(value)
+    if len(text) <= _SHOW:
+        return text
+    return f"{text[:_SHOW]}... ({len(text)} characters)"
 
 
 def setting(default, doc: str, *, min=None, max=None, choices=None):  # noqa: A002 - mirrors the YAML words
@@ -42,7 +59,7 @@ class _Lines:
             import yaml
 
             try:
-                node = yaml.compose(source, Loader=yaml.SafeLoader)
+                node = yaml.compose(source, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
             except yaml.YAMLError:
                 node = None
             if node is not None:
@@ -54,7 +71,8 @@ class _Lines:
         if isinstance(node, yaml.MappingNode):
             seen = set()
             for key_node, value_node in node.value:
-                path = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
+                key = _short_key(key_node.value)
+                path = f"{prefix}.{key}" if prefix else key
                 if path in seen:  # yaml.safe_load keeps the last one silently
                     self.duplicates.append(f"{path} (line {key_node.start_mark.line + 1})")
                 seen.add(path)
@@ -71,6 +89,11 @@ class _Lines:
             return f" (from environment {self.from_env[path]})"
         line = self.by_path.get(path)
         return f" (line {line})" if line else ""
+
+
+def _short_key(key) -> str:
+    text = str(key)
+    return text if len(text) <= _SHOW else f"{text[:_SHOW]}...({len(text)} characters)"
 
 
 def _type_name(tp) -> str:
@@ -110,11 +133,18 @@ def _convert(tp, value, path, problems, lines):
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif tp is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and not math.isfinite(value):
+            problems.append(f"{path}{lines.where(path)}: expected a finite number, got {show(value)}")
+            return value
         value = float(value) if ok else value
     elif tp is str:
         ok = isinstance(value, str)
+        if isinstance(value, bool):
+            problems.append(f"{path}{lines.where(path)}: expected a string, got {str(value).lower()} (YAML reads "
+                            f"unquoted yes/no/on/off/true/false as true or false: quote the value)")
+            return value
     if not ok:
-        problems.append(f"{path}{lines.where(path)}: expected {_type_name(tp)}, got {value!r}")
+        problems.append(f"{path}{lines.where(path)}: expected {_type_name(tp)}, got {show(value)}")
     return value
 
 
@@ -124,12 +154,12 @@ def _check_bounds(meta, value, path, problems, lines):
     for v in values:
         if choices is not None and v not in choices:
             allowed = ", ".join(map(str, choices))
-            problems.append(f"{path}{lines.where(path)}: {v!r} is not one of: {allowed}")
+            problems.append(f"{path}{lines.where(path)}: {show(v)} is not one of: {allowed}")
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             if (lo is not None and v < lo) or (hi is not None and v > hi):
                 bounds = f"from {lo} to {hi}" if lo is not None and hi is not None else (
                     f"at least {lo}" if lo is not None else f"at most {hi}")
-                problems.append(f"{path}{lines.where(path)}: {v!r} is out of range (allowed: {bounds})")
+                problems.append(f"{path}{lines.where(path)}: {show(v)} is out of range (allowed: {bounds})")
 
 
 def build(cls, data: Any, *, path: str = "", problems: list | None = None, lines: _Lines | None = None):
@@ -141,13 +171,13 @@ def build(cls, data: Any, *, path: str = "", problems: list | None = None, lines
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        problems.append(f"{path or 'top level'}{lines.where(path)}: expected a mapping of settings, got {data!r}")
+        problems.append(f"{path or 'top level'}{lines.where(path)}: expected a mapping of settings, got {show(data)}")
         return cls()
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:
         if key not in fields:
-            key_path = f"{path}.{key}" if path else str(key)
+            key_path = f"{path}.{_short_key(key)}" if path else _short_key(key)
             known = ", ".join(sorted(fields))
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
@@ -164,7 +194,10 @@ def build(cls, data: Any, *, path: str = "", problems: list | None = None, lines
             nested += len(problems) - before_nested
             continue
         before = len(problems)
-        value = _convert(tp, data[name], key_path, problems, lines)
+        value = data[name]
+        if isinstance(value, bool) and tp is str and {"on", "off"} <= set(f.metadata.get("choices") or ()):
+            value = "on" if value else "off"  # `journald: off` unquoted is YAML's false
+        value = _convert(tp, value, key_path, problems, lines)
         if len(problems) == before:
             _check_bounds(f.metadata, value, key_path, problems, lines)
         kwargs[name] = value
@@ -184,7 +217,7 @@ def load_settings(cls, path: str | Path | None, env=None):
     else:
         path = Path(path)
     try:
-        source = source if str(path) == "(defaults)" else path.read_text(encoding="utf-8")
+        source = source if str(path) == "(defaults)" else _read(path)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
     except UnicodeDecodeError as exc:
@@ -239,11 +272,57 @@ def apply_env(cls, data, env, problems: list, lines: _Lines):
     return data
 
 
+def _read(path: Path) -> str:
+    with open(path, "rb") as f:
+        raw = f.read(MAX_BYTES + 1)
+    if len(raw) > MAX_BYTES:
+        raise ConfigError(f"{path}: over {MAX_BYTES // 1024} KiB; a config file is a few KB (is this the right file?)")
+    return raw.decode("utf-8")
+
+
+def _check_shape(source: str, path: Path) -> None:
+    """Depth and alias expansion from the event stream, which PyYAML parses without recursion."""
+    import yaml
+
+    open_nodes: list = []  # [values so far, anchor] per open mapping/sequence
+    sizes: dict = {}  # anchor -> values it expands to
+
+    def add(n: int, mark) -> None:
+        if open_nodes:
+            open_nodes[-1][0] += n
+            if open_nodes[-1][0] > MAX_VALUES:
+                raise ConfigError(f"{path} (line {mark.line + 1}): expands to more than {MAX_VALUES} values "
+                                  "(YAML aliases repeating each other?); a config has a few hundred")
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        for event in yaml.parse(source, Loader=loader):
+            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                open_nodes.append([1, event.anchor])
+                if len(open_nodes) > MAX_DEPTH:
+                    raise ConfigError(f"{path} (line {event.start_mark.line + 1}): nested deeper than {MAX_DEPTH} "
+                                      "levels; settings are at most 4 deep")
+            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                count, anchor = open_nodes.pop()
+                if anchor:
+                    sizes[anchor] = count
+                add(count, event.start_mark)
+            elif isinstance(event, yaml.ScalarEvent):
+                if event.anchor:
+                    sizes[event.anchor] = 1
+                add(1, event.start_mark)
+            elif isinstance(event, yaml.AliasEvent):
+                add(sizes.get(event.anchor, 1), event.start_mark)
+    except yaml.YAMLError:
+        return  # safe_load reports it, with its line
+
+
 def _parse(source: str, path: Path):
     import yaml
 
+    _check_shape(source, path)
     try:
-        return yaml.safe_load(source)
+        return yaml.load(source, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""

@@ -7,7 +7,8 @@ and what was expected; the CLI prints that line and exits with the code below, n
 EXIT_OK = 0
 EXIT_FAILED = 1  # the command ran, but some inputs failed (e.g. one bad WAV in a batch)
 EXIT_USAGE = 2  # wrong command-line usage (argparse uses 2 as well)
-EXIT_NOINPUT = 66  # sysexits EX_NOINPUT: the model directory is missing, incomplete or corrupt
+EXIT_NOINPUT = 66  # sysexits EX_NOINPUT: an input (model directory, audio file) is missing, unreadable or corrupt
+EXIT_UNAVAILABLE = 69  # sysexits EX_UNAVAILABLE: a service or component is unavailable (model hub, ONNX Runtime)
 EXIT_SOFTWARE = 70  # sysexits EX_SOFTWARE: an internal error (a bug): please report it
 EXIT_CONFIG = 78  # sysexits EX_CONFIG: the configuration is invalid
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as the shell reports it: stdout's reader went away (`| head`)
@@ -39,3 +40,10 @@ class ModelError(AgentError):
     """The model directory is missing a file, has a file of the wrong shape, or is corrupt."""
 
     exit_code = EXIT_NOINPUT
+
+
+class UnavailableError(AgentError):
+    """Something outside the agent is not there: the model hub cannot be reached, ONNX Runtime is not
+    installed. Trying again later (or installing it) can help; editing the config cannot."""
+
+    exit_code = EXIT_UNAVAILABLE

@@ -100,6 +100,12 @@ class ModelFetchError(AgentError):
     exit_code = 1
 
 
+class HubUnreachableError(ModelFetchError):
+    """The hub (or a mirror) could not be reached or kept failing: nothing about the model is wrong."""
+
+    exit_code = 69  # sysexits EX_UNAVAILABLE, as agent.errors.EXIT_UNAVAILABLE
+
+
 class UnknownModelError(ModelFetchError):
     """NAME is not in the manifest (a usage error); the message lists the known names."""
 
@@ -428,12 +434,17 @@ class _Net:
 
     def attempt(self, fn, what: str):
         """Run fn(); retry _Transient failures with exponential backoff."""
+        started = time.monotonic()
         for k in range(self.retries + 1):
             try:
                 return fn()
             except _Transient as exc:
                 if k == self.retries:
-                    raise ModelFetchError(f"{what}: giving up after {k + 1} attempts: {exc}") from None
+                    raise HubUnreachableError(
+                        f"{what}: cannot reach the model hub: giving up after {k + 1} attempts over "
+                        f"{time.monotonic() - started:.0f} s: {exc}. Check the network, set {ENV_HF_ENDPOINT} "
+                        f"(or HF_ENDPOINT) to a mirror such as https://hf-mirror.com, or download the files by "
+                        "hand (models/README.md, \"Manual download\")") from None
                 delay = self.backoff * (2**k)
                 self.say(f"{what}: {exc}; retrying in {delay:.1f} s ({k + 1}/{self.retries})")
                 time.sleep(delay)
@@ -605,7 +616,10 @@ def _download(spec: _FileSpec, part: Path, net: _Net, say) -> bool:
                         raise _Transient(_describe(exc)) from None
                     if not block:
                         break
-                    out.write(block)
+                    try:
+                        out.write(block)
+                    except OSError as exc:
+                        raise _write_error(exc, part, have + got, expected) from None
                     got += len(block)
                     if expected is not None and have + got > expected:
                         break  # longer than it should be: stop, verification will report it
@@ -619,6 +633,15 @@ def _download(spec: _FileSpec, part: Path, net: _Net, say) -> bool:
 
     net.attempt(once, f"{spec.name} ({spec.url})")
     return state["resumed"]
+
+
+def _write_error(exc: OSError, part: Path, done: int, expected: Optional[int]) -> ModelFetchError:
+    """A write that failed: a full disk keeps what was downloaded, for the next run to resume."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        total = f" of {_human(expected)}" if expected is not None else ""
+        return ModelFetchError(f"the disk holding {part.parent} is full: {_human(done)}{total} of {part.name[:-5]} "
+                               "downloaded and kept; free some space and run the same command again to resume")
+    return ModelFetchError(f"cannot write {part}: {exc.strerror or exc}")
 
 
 def _content_range_start(value: Optional[str]) -> Optional[int]:
@@ -837,6 +860,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     except ModelFetchError as exc:
         print(f"stt-agent model {command}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:  # the models directory itself: read-only, gone, full while installing
+        print(f"stt-agent model {command}: {exc.filename or models_dir}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("stt-agent model: interrupted; run the same command again to resume", file=sys.stderr)

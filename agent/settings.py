@@ -14,6 +14,7 @@ from agent.audio.settings import AudioSettings
 from agent.config_schema import load_settings, section, setting
 from agent.listening.settings import SegmenterSettings, VadSettings
 from agent.mqtt.settings import MqttSettings
+from agent.offline.settings import OfflineSettings
 from agent.pipeline.settings import PipelineSettings
 from agent.service.settings import LoggingSettings, WatchdogSettings
 
@@ -102,6 +103,7 @@ class Settings:
     vad: VadSettings = section(VadSettings, "Voice activity detection.")
     segmenter: SegmenterSettings = section(SegmenterSettings, "Cutting the stream into utterances.")
     pipeline: PipelineSettings = section(PipelineSettings, "Partial and final decode scheduling.")
+    offline: OfflineSettings = section(OfflineSettings, "Decoding whole files (transcribe, run --fast): batching.")
     recognizer: RecognizerSettings = section(RecognizerSettings, "The speech recognizer.")
     mqtt: MqttSettings = section(MqttSettings, "Publishing events to an MQTT broker.")
     logging: LoggingSettings = section(LoggingSettings, "Logs: journald fields or stderr lines.")

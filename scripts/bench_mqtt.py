@@ -2,10 +2,10 @@
 """Publish-to-receive latency of finals through an MQTT broker (a local Mosquitto by default).
 
 The agent's MqttPublisher publishes QoS 1 finals (a realistic payload: 12 tokens, scores); a
-subscriber in a separate process records when each arrives. Latency = publisher(event) called ->
+subscriber in a separate process records when each arrives. Latency = publisher.emitter.emit(event) called ->
 subscriber's on_message, on one host, both stamped with CLOCK_MONOTONIC (shared by processes).
 Each final also produces emotion and language messages (3 QoS 1 messages per final).
-sink_call_us is how long the pipeline's thread spends in publisher(event).
+sink_call_us is how long the pipeline's thread spends in emitting the event to the publisher.
 
     .venv/bin/python scripts/bench_mqtt.py                 # 2000 finals paced at 100/s, then a burst
     .venv/bin/python scripts/bench_mqtt.py --host broker.lan --port 1883 --count 500
@@ -26,20 +26,21 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-TOKENS = [{"text": t, "start": round(0.24 + 0.12 * i, 3), "end": round(0.36 + 0.12 * i, 3), "prob": 0.59}
-          for i, t in enumerate([" hello", " world", "你", "好"] * 3)]
+def final_event(i: int):
+    from agent.events import Final
+    from agent.recognizer.result import Recognition, Token
 
-
-def final_event(i: int) -> dict:
-    return {"type": "final", "utterance_id": i, "text": "hello world你好 hello world你好 hello world你好",
-            "language": "en", "language_scores": {"zh": 0.1014, "en": 0.7489, "yue": 0.0615, "ja": 0.0373,
-                                                  "ko": 0.0373, "nospeech": 0.0137},
-            "emotion": "happy", "emotion_scores": {"happy": 0.51, "sad": 0.069, "angry": 0.069, "neutral": 0.1876,
-                                                   "fearful": 0.0254, "disgusted": 0.0254, "surprised": 0.1138},
-            "event": "speech", "event_scores": {"speech": 0.3675, "laughter": 0.1352, "bgm": 0.0497},
-            "confidence": 0.4478, "duration": 2.036, "tokens": TOKENS, "audio_start": 0.18, "audio_end": 2.216,
-            "audio_start_wall": time.time() - 2, "audio_end_wall": time.time(), "queue_ms": 1.1, "decode_ms": 9.2,
-            "emitted_at": time.time(), "speculative": False, "endpoint_delay_ms": 300.0}
+    tokens = [Token(t, 7, 0.24 + 0.12 * k, 0.36 + 0.12 * k, 0.59)
+              for k, t in enumerate([" hello", " world", "你", "好"] * 3)]
+    result = Recognition(
+        text="hello world你好 hello world你好 hello world你好", language="en",
+        language_scores={"zh": 0.1014, "en": 0.7489, "yue": 0.0615, "ja": 0.0373, "ko": 0.0373, "nospeech": 0.0137},
+        emotion="happy", emotion_scores={"happy": 0.51, "sad": 0.069, "angry": 0.069, "neutral": 0.1876,
+                                         "fearful": 0.0254, "disgusted": 0.0254, "surprised": 0.1138},
+        event="speech", event_scores={"speech": 0.3675, "laughter": 0.1352, "bgm": 0.0497}, confidence=0.4478,
+        tokens=tokens, duration=2.036)
+    return Final(i, result, audio_start=0.18, audio_end=2.216, audio_start_wall=time.time() - 2,
+                 audio_end_wall=time.time(), queue_ms=1.1, decode_ms=9.2, endpoint_delay_ms=300.0, speculative=False)
 
 
 def subscriber(host, port, topic, expected, ready, results):
@@ -94,7 +95,7 @@ def run_case(settings, host, port, count, rate):
             if delay > 0:
                 time.sleep(delay)
         sent[i] = time.perf_counter_ns()
-        pub(event)
+        pub.emitter.emit(event)
         calls.append((time.perf_counter_ns() - sent[i]) / 1e3)
     got = results.get(timeout=180)
     proc.join(10)

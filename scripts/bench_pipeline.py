@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.audio import FileSource  # noqa: E402
 from agent.audio_file import load_audio  # noqa: E402
+from agent.events import Emitter  # noqa: E402
 from agent.listening import Segmenter, SegmenterSettings, VadSettings, load_vad  # noqa: E402
 from agent.pipeline.live import LivePipeline  # noqa: E402
 from agent.pipeline.settings import PipelineSettings  # noqa: E402
@@ -92,17 +93,22 @@ class Recorder:
     process's RSS by megabytes and hide whether the pipeline's own memory grows.
     """
 
-    KEEP = ("type", "utterance_id", "at", "at_wall", "emitted_at", "audio_start", "audio_end", "decode_ms",
-            "queue_ms", "speculative", "vad_delay_ms", "endpoint_delay_ms")
+    KEEP = ("utterance_id", "at", "at_wall", "audio_start", "audio_end", "decode_ms", "queue_ms", "speculative",
+            "vad_delay_ms", "endpoint_delay_ms")
 
     def __init__(self):
         self.events = []
         self._lock = threading.Lock()
 
-    def __call__(self, event):
-        slim = {k: event[k] for k in self.KEEP if k in event}
+    def publish(self, stamped):
+        event = stamped.event
+        slim = {k: getattr(event, k) for k in self.KEEP if hasattr(event, k)}
+        slim.update(type=event.type, emitted_at=stamped.ts)
         with self._lock:
             self.events.append(slim)
+
+    def close(self):
+        pass
 
 
 class Sampler(threading.Thread):
@@ -135,7 +141,7 @@ def run_ours(args, wav, turns, silence_window):
     source = FileSource(str(wav), realtime=True)
     sink = Recorder()
     sampler = Sampler()
-    pipeline = LivePipeline(source, segmenter, recognizer, sink, PipelineSettings())
+    pipeline = LivePipeline(source, segmenter, recognizer, Emitter("bench", "00000000", [sink]), PipelineSettings())
     sampler.start()
     started = time.time()
     pipeline.run(threading.Event())

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -14,29 +13,7 @@ import pytest
 
 import tiny_models as tm
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def run(*args, cwd=None, env=None):
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    full_env.pop("STT_AGENT_CONFIG", None)
-    full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True,
-                          cwd=cwd or ROOT, env=full_env, timeout=120)
-
-
-def write_wav(path: Path, samples: np.ndarray, rate=16000, channels=1):
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(channels)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(samples.astype("<i2").tobytes())
-    return path
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return tm.write_sherpa(tmp_path_factory.mktemp("model"))
+from helpers import ROOT, run, write_wav
 
 
 @pytest.fixture

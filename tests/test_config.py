@@ -475,3 +475,63 @@ def test_importing_the_settings_leaves_the_runtime_parts_unimported():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parent.parent)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+@pytest.mark.parametrize("key", ["vad:\n  threshold", "audio:\n  ring_seconds", "segmenter:\n  max_utterance_s",
+                                 "pipeline:\n  drain_timeout_s"])
+def test_non_finite_floats_are_refused(tmp_path, key, value):
+    """NaN passes every range check (all comparisons are false): the agent ran deaf or crashed."""
+    problems = problems_of(tmp_path, f"{key}: {value}\n")
+    assert problems == [f"{tmp_path / 'config.yaml'}: {key.replace(':' + chr(10) + '  ', '.')} (line 2): "
+                        f"expected a finite number, got {float(value.replace('.', '', 1))!r}"]
+
+
+def test_non_finite_floats_from_the_environment_are_refused():
+    from agent.config_schema import load_settings
+
+    with pytest.raises(ConfigError, match=r"vad.threshold \(from environment STT_AGENT_VAD__THRESHOLD\): expected "
+                                          r"a finite number, got nan"):
+        load_settings(Settings, None, env={"STT_AGENT_VAD__THRESHOLD": ".nan"})
+
+
+def test_on_off_unquoted_is_accepted_and_other_booleans_say_how_to_quote(tmp_path):
+    assert load(write(tmp_path, "logging:\n  journald: off\n")).logging.journald == "off"
+    assert load(write(tmp_path, "logging:\n  journald: on\n")).logging.journald == "on"
+    problems = problems_of(tmp_path, "mqtt:\n  device_id: no\n")
+    assert problems[0].endswith("mqtt.device_id (line 2): expected a string, got false (YAML reads unquoted "
+                                "yes/no/on/off/true/false as true or false: quote the value)")
+
+
+def _problems(tmp_path, text):
+    path = tmp_path / "config.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    return info.value.problems
+
+
+def test_an_alias_bomb_is_refused_without_expanding_it(tmp_path):
+    """A 'billion laughs': 9 levels of 10 aliases each, 10^9 values once expanded."""
+    levels = ['a0: &a0 ["lol"]'] + [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 10)]
+    problems = _problems(tmp_path, "x:\n" + "".join(f"  {line}\n" for line in levels))
+    assert len(problems) == 1 and "expands to more than 10000 values (YAML aliases repeating" in problems[0]
+
+
+def test_deep_nesting_is_refused_with_its_line(tmp_path):
+    problems = _problems(tmp_path, "a: " + "[" * 40 + "]" * 40 + "\n")
+    assert len(problems) == 1 and "(line 1): nested deeper than 32 levels" in problems[0]
+    problems = _problems(tmp_path, "a: " + "[" * 5000 + "]" * 5000 + "\n")  # libyaml's own limit answers first
+    assert len(problems) == 1 and "(line 1): invalid YAML: exceeded maximum nesting depth" in problems[0]
+
+
+def test_a_huge_file_is_refused_before_it_is_parsed(tmp_path):
+    problems = _problems(tmp_path, "# padding\n" * 10_000_000)
+    assert problems == [f"{tmp_path / 'config.yaml'}: over 256 KiB; a config file is a few KB (is this the right file?)"]
+
+
+def test_a_huge_wrong_value_is_not_echoed_back(tmp_path):
+    problems = problems_of(tmp_path, "vad:\n  kind: " + "x" * 200_000 + "\n")
+    assert len(problems) == 1 and len(problems[0]) < 300 and "(200002 characters)" in problems[0]
+    problems = problems_of(tmp_path, "vad:\n  " + "k" * 1000 + ": 1\n")
+    assert len(problems[0]) < 500 and "(1000 characters)" in problems[0]

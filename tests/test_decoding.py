@@ -81,3 +81,20 @@ def test_scores_sum_to_one():
     for scores in (result.language_scores, result.emotion_scores, result.event_scores):
         assert abs(sum(scores.values()) - 1.0) < 1e-9
     assert result.language == "en"
+
+
+def test_words_are_never_in_the_language_nospeech():
+    """allowed_languages [zh, ja] on speech where nospeech outscores both: the text is still in a language."""
+    hello = tm.token_id("\u2581hello")
+    rows = logits_for([hello, 0])
+    rows[0, :] = 0.0
+    rows[0, tm.token_id("<|nospeech|>")] = 3.0
+    rows[0, tm.token_id("<|ja|>")] = 1.0
+    options = DecodeOptions(allowed_languages=("zh", "ja"))
+    result = DECODER.decode(rows, options, duration=1.0)
+    assert result.text == "hello" and result.language == "ja"
+    assert max(result.language_scores, key=result.language_scores.get) == "nospeech"  # the scores stay as they are
+    rows[4:] = 0.0
+    rows[4:, 0] = 5.0  # blank frames: no words
+    silent = DECODER.decode(rows, options, duration=1.0)
+    assert silent.text == "" and silent.language == "nospeech"  # no words: nospeech is the honest answer

@@ -374,3 +374,52 @@ def test_shipped_manifest_is_valid_and_pinned():
 def test_git_blob_id_matches_git():
     # `printf 'hello\n' | git hash-object --stdin`
     assert git_blob_id(b"hello\n") == "ce013625030ba8dba906f756967f9e9ca394464a"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 128 KiB file system (tmpfs) for the models: the kernel answers ENOSPC when it is full."""
+    import subprocess
+
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root): it makes a disk that really fills up")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_disk_that_fills_up_is_said_so_and_the_download_resumes_after(hub, tmp_path, small_disk, monkeypatch):
+    """Before: an ENOSPC traceback (exit 70). The 300 KB model cannot fit in 128 KiB; what fits is kept."""
+    import subprocess
+
+    _manifest(tmp_path)
+    monkeypatch.setattr(model_fetch, "DISK_MARGIN_BYTES", -(1 << 30))  # let it start: the disk fills meanwhile
+    with pytest.raises(ModelFetchError) as err:
+        fetch_model("tiny", small_disk, manifest_path=tmp_path / "manifest.json", endpoint=hub.url, backoff=0.0,
+                    timeout=5.0, progress=lambda line: None)
+    message = str(err.value)
+    assert message.startswith(f"the disk holding {small_disk / '.partial' / 'tiny'} is full: ")
+    assert "of model.int8.onnx downloaded and kept; free some space and run the same command again" in message
+    kept = (small_disk / ".partial" / "tiny" / "model.int8.onnx.part").stat().st_size
+    assert 0 < kept < len(MODEL)
+    subprocess.run(["mount", "-o", "remount,size=4m", str(small_disk)], check=True)
+    target = fetch_model("tiny", small_disk, manifest_path=tmp_path / "manifest.json", endpoint=hub.url,
+                         backoff=0.0, timeout=5.0, progress=lambda line: None)
+    assert (target / "model.int8.onnx").read_bytes() == MODEL
+    ranges = [r["range"] for r in hub.requests_for(MODEL_PATH)]
+    assert ranges[-1] == f"bytes={kept}-"  # resumed where the full disk stopped it
+
+
+def test_an_unreachable_hub_is_exit_69_naming_the_mirror_and_the_manual_download(tmp_path, monkeypatch, capsys):
+    """Before: `gaierror: [Errno -2]` after 15 s, exit 1. `.invalid` never resolves (RFC 2606)."""
+    manifest = _manifest(tmp_path)
+    monkeypatch.setenv("STT_AGENT_HF_ENDPOINT", "http://hub.invalid")
+    monkeypatch.setattr(model_fetch.time, "sleep", lambda s: None)  # the 5 retries' backoff, not the test's time
+    code = model_fetch.run(_cli(["model", "fetch", "tiny", "--models-dir", str(tmp_path / "models"),
+                                 "--manifest", str(manifest)]))
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after a line per retry
+    assert code == 69 == model_fetch.HubUnreachableError.exit_code
+    assert "cannot reach the model hub: giving up after 5 attempts" in err
+    assert "set STT_AGENT_HF_ENDPOINT (or HF_ENDPOINT) to a mirror" in err and "models/README.md" in err

@@ -16,15 +16,8 @@ import threading
 import time
 
 import pytest
-from mosquitto_fixture import (  # noqa: F401 - broker_fixture, make_broker_fixture: the fixtures
-    Subscriber,
-    broker_fixture,
-    make_broker_fixture,
-    needs_mosquitto,
-    retained,
-)
-from test_cli import ROOT
-from test_mqtt_broker import final, settings_for
+from helpers import ROOT, emit_all, final, settings_for
+from mosquitto_fixture import Subscriber, needs_mosquitto, retained
 
 from agent.mqtt.publisher import MqttPublisher
 
@@ -76,7 +69,7 @@ def test_broker_restart_mid_stream_every_final_once_in_order(make_broker, caplog
 
     outage_thread = None
     for i in range(1, n + 1):
-        pub(final(i))
+        emit_all(pub, [final(i)])
         if i == 30:  # the broker goes away while finals are being published
             outage_thread = threading.Thread(target=outage)
             outage_thread.start()
@@ -169,14 +162,14 @@ def test_unacknowledged_messages_are_resent_before_newer_ones_after_a_reconnect(
     try:
         assert pub.wait_connected(10)
         for i in range(1, 6):
-            pub(final(i, text=""))
+            emit_all(pub, [final(i, text="")])
         sub.wait_topic("stt-agent/dev1/stt/final", 5)
         deadline = time.monotonic() + 10
         while pub.pending() and time.monotonic() < deadline:  # the agent has all five acknowledgements
             time.sleep(0.02)
         proxy.blackhole()  # the link dies silently: publishes vanish, no acknowledgements come back
         for i in range(6, 46):
-            pub(final(i, text=""))
+            emit_all(pub, [final(i, text="")])
         deadline = time.monotonic() + 10
         while pub.stats()["inflight"] < 20 and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -228,7 +221,7 @@ def test_tls_verified_connection_and_wrong_ca_is_a_clear_error(make_broker, pki,
     pub = MqttPublisher(settings_for(b, tls__enabled=True, tls__ca_file=str(pki["ca"])))
     pub.start()
     assert pub.wait_connected(10), pub.last_error
-    pub(final(1))
+    emit_all(pub, [final(1)])
     assert json.loads(sub.wait_topic("stt-agent/dev1/stt/final")[0].payload)["utterance_id"] == 1
     pub.stop()
     sub.close()
@@ -245,6 +238,55 @@ def test_tls_verified_connection_and_wrong_ca_is_a_clear_error(make_broker, pki,
         assert f"broker {b.host}:{b.port}" in caplog.text and "mqtt.tls.ca_file" in caplog.text
     finally:
         wrong.stop()
+
+    caplog.clear()
+    caplog.set_level(logging.WARNING, logger="agent.mqtt")
+    insecure = MqttPublisher(settings_for(b, tls__enabled=True, tls__ca_file=str(pki["other_ca"]),
+                                          tls__insecure=True))
+    insecure.start()
+    try:
+        assert insecure.wait_connected(10), insecure.last_error  # connects although nothing verifies...
+        assert "WITHOUT verifying its TLS certificate (mqtt.tls.insecure: true)" in caplog.text  # ...and says so
+        b.restart()
+        deadline = time.monotonic() + 10
+        while insecure.reconnects < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert insecure.wait_connected(10)
+        assert caplog.text.count("WITHOUT verifying its TLS certificate") == 2  # at every connect
+    finally:
+        insecure.stop()
+
+
+def test_a_failure_inside_the_network_loop_is_logged_counted_and_survived(broker, caplog, monkeypatch):
+    """paho runs its loop unguarded: an exception there (a struct.error packing an over-long client id)
+    ended the thread for good. Now it is logged, counted in health, and the connection starts over."""
+    import struct
+
+    from agent.mqtt.connection import SupervisedClient
+
+    caplog.set_level(logging.ERROR, logger="agent.mqtt")
+    real = SupervisedClient._send_connect
+    failures = []
+
+    def flaky(self, keepalive):
+        if len(failures) < 2:
+            failures.append(1)
+            raise struct.error("'H' format requires 0 <= number <= 65535")
+        return real(self, keepalive)
+
+    monkeypatch.setattr(SupervisedClient, "_send_connect", flaky)
+    sub = Subscriber(broker, "stt-agent/dev1/stt/final")
+    pub = MqttPublisher(settings_for(broker))
+    pub.start()
+    try:
+        assert pub.wait_connected(15), pub.last_error
+        emit_all(pub, [final(1)])
+        assert json.loads(sub.wait_topic("stt-agent/dev1/stt/final")[0].payload)["utterance_id"] == 1
+        assert pub.stats()["network_errors"] == 2
+        assert "the network thread failed (error: 'H' format requires" in caplog.text
+    finally:
+        pub.stop()
+        sub.close()
 
 
 def test_wrong_password_is_a_clear_error_and_retried(make_broker, tmp_path, caplog, monkeypatch):

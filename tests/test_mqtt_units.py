@@ -11,13 +11,14 @@ import pytest
 
 from agent.config_schema import build
 from agent.errors import ConfigError
-from agent.mqtt.commands import CommandError, parse_command
+from agent.mqtt.commands import CommandError, parse_command, request_id_of
 from agent.mqtt.discovery import discovery_messages
 from agent.mqtt.health import LatencyWindow
 from agent.mqtt.outbox import Outbox
 from agent.mqtt.payloads import EventMapper, Message
 from agent.mqtt.settings import MqttQosSettings, MqttSettings
 from agent.mqtt.topics import Topics, device_id_of
+from helpers import final, stamped
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "docs" / "schemas"
 LANGS = ("zh", "en", "yue", "ja", "ko")
@@ -49,8 +50,29 @@ def test_settings_defaults_and_checks():
     assert "needs a username" in problems_of({"password_env": "P"})[0]
     assert "reconnect_max_s" in problems_of({"reconnect_min_s": 10, "reconnect_max_s": 5})[0]
     assert "one topic level" in problems_of({"device_id": "a/b"})[0]
-    assert "topic prefix" in problems_of({"topic_prefix": "x/#"})[0]
+    assert "contains a wildcard" in problems_of({"topic_prefix": "x/#"})[0]
     assert "go together" in problems_of({"tls": {"cert_file": "/c.pem"}})[0]
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"device_id": "kiosk\x01"}, "mqtt.device_id: 'kiosk\\x01' contains the character U+0001, which MQTT topics"),
+    ({"device_id": "a\x7fb"}, "contains the character U+007F"),
+    ({"device_id": "a\ufffe"}, "contains the character U+FFFE"),
+    ({"device_id": "x" * 70000}, "is 70000 bytes long (at most 253)"),
+    ({"device_id": "+"}, "contains a wildcard (+ or #)"),
+    ({"topic_prefix": "$SYS"}, "mqtt.topic_prefix: '$SYS' starts with $, which brokers reserve"),
+    ({"topic_prefix": "$share/g"}, "starts with $"),
+    ({"topic_prefix": "a//b"}, "has an empty topic level"),
+    ({"topic_prefix": ""}, "mqtt.topic_prefix: '' is empty"),
+    ({"home_assistant": {"discovery_prefix": "ha/"}}, "mqtt.home_assistant.discovery_prefix: 'ha/' has an empty"),
+    ({"client_id": "c\x00"}, "mqtt.client_id: 'c\\x00' contains the character U+0000"),
+    ({"enabled": True, "host": ""}, "mqtt.host: is empty: name the broker"),
+])
+def test_identity_values_that_would_break_publishing_are_refused(data, message):
+    """Brokers drop a client whose topics carry these, and log nothing the agent sees."""
+    problems = problems_of(data)
+    assert len(problems) == 1 and message in problems[0], problems
+    assert len(problems[0]) < 300  # a 70,000-character value is not echoed back whole
 
 
 def test_device_id_defaults_to_host_name(monkeypatch):
@@ -151,33 +173,66 @@ def test_latency_window_percentiles():
     assert w.summary() == {"p50": 150.0, "p95": 195.0, "count": 200}
 
 
-FINAL = {"type": "final", "utterance_id": 3, "text": "hello", "language": "en", "language_scores": {"en": 0.9},
-         "emotion": "happy", "emotion_scores": {"happy": 0.8}, "event": "speech", "event_scores": {"speech": 1.0},
-         "confidence": 0.7, "duration": 1.0, "tokens": [{"text": " hello", "start": 1.2, "end": 1.4, "prob": 0.7}],
-         "audio_start": 1.0, "audio_end": 2.0, "audio_start_wall": 10.0, "audio_end_wall": 11.0, "queue_ms": 1.0,
-         "decode_ms": 20.0, "emitted_at": 12.0, "speculative": True, "endpoint_delay_ms": 300.0, "internal": "x"}
+def test_final_maps_to_its_topic_and_hermes_and_the_derived_events_to_theirs():
+    from agent.events import Emotion, Language, Problem
 
-
-def test_final_maps_to_final_emotion_language_and_hermes():
-    mapper = EventMapper(Topics("stt-agent", "dev"), "0123abcd", MqttQosSettings(), hermes_site="kitchen")
-    out = mapper.map(dict(FINAL))
-    assert [m.kind for m in out] == ["final", "emotion", "language", "hermes_text"]
-    assert [m.topic for m in out] == ["stt-agent/dev/stt/final", "stt-agent/dev/emotion", "stt-agent/dev/language",
-                                      "hermes/asr/textCaptured"]
-    final, emotion, language, hermes = (json.loads(m.payload) for m in out)
-    assert "internal" not in final and final["timing"] == {"queue_ms": 1.0, "decode_ms": 20.0,
-                                                           "endpoint_delay_ms": 300.0}
-    assert (final["seq"], emotion["seq"], language["seq"]) == (1, 2, 3)
-    assert emotion["label"] == "happy" and language["scores"] == {"en": 0.9} and emotion["utterance_id"] == 3
-    assert hermes == {"text": "hello", "likelihood": 0.7, "seconds": 0.02, "siteId": "kitchen",
+    mapper = EventMapper("stt-agent", MqttQosSettings(), hermes_site="kitchen")
+    out = mapper.map(stamped(final(3, "hello"), seq=7, device_id="dev", session="0123abcd"))
+    assert [m.kind for m in out] == ["final", "hermes_text"]
+    assert [m.topic for m in out] == ["stt-agent/dev/stt/final", "hermes/asr/textCaptured"]
+    body, hermes = (json.loads(m.payload) for m in out)
+    assert body["seq"] == 7 and body["timing"] == {"queue_ms": 0.0, "decode_ms": 5.0, "endpoint_delay_ms": 100.0}
+    assert hermes == {"text": "hello", "likelihood": 0.9, "seconds": 0.005, "siteId": "kitchen",
                       "sessionId": "0123abcd-3", "wakewordId": None, "lang": "en"}
-    for name, body in (("final.json", final), ("emotion.json", emotion), ("language.json", language),
-                       ("hermes-text-captured.json", hermes)):
-        jsonschema.validate(body, schema(name))
-    # no words, no mood: an empty final carries no emotion/language messages
-    assert [m.kind for m in mapper.map({**FINAL, "text": ""})] == ["final", "hermes_text"]
-    with pytest.raises(ValueError, match="unknown event type"):
-        mapper.map({"type": "bogus"})
+    jsonschema.validate(body, schema("final.json"))
+    jsonschema.validate(hermes, schema("hermes-text-captured.json"))
+    emotion = mapper.map(stamped(Emotion(3, "happy", {"happy": 0.8}, 0.7), seq=8, device_id="dev"))
+    language = mapper.map(stamped(Language(3, "en", {"en": 0.9}, 0.7), seq=9, device_id="other"))
+    assert (emotion[0].topic, language[0].topic) == ("stt-agent/dev/emotion", "stt-agent/other/language")
+    jsonschema.validate(json.loads(emotion[0].payload), schema("emotion.json"))
+    # answers to commands travel in their own lane; pipeline errors with the events
+    reply = mapper.map(stamped(Problem("command", "bad_json", "x", request="{", request_id=4)))
+    failure = mapper.map(stamped(Problem("pipeline", "decode_failed", "x", utterance_id=2)))
+    assert (reply[0].kind, failure[0].kind) == ("reply", "error") and reply[0].queued
+    assert reply[0].topic == failure[0].topic == "stt-agent/dev1/error"
+    assert json.loads(reply[0].payload)["request_id"] == 4
+
+
+def test_outbox_keeps_finals_when_command_answers_flood_it():
+    """A flood of bad commands fills only the answers' lane: finals stay, and leave in creation order."""
+    box = Outbox(5, max_replies=3)
+    box.put(msg("final", 1, created=1.0))
+    for i in range(100):
+        box.put(msg("reply", 100 + i, created=2.0 + i))
+    box.put(msg("final", 2, created=200.0))
+    assert box.dropped_replies == 97 and box.dropped_full == 0
+    assert [box.pop().seq for _ in range(5)] == [1, 197, 198, 199, 2]
+
+
+def test_a_full_outbox_drops_a_partial_before_any_final():
+    box = Outbox(3)
+    for m in (msg("final", 1), msg("partial", 2), msg("final", 3)):
+        box.put(m)
+    assert box.put(msg("final", 4)).seq == 2  # the partial goes, not the oldest final
+    assert box.put(msg("final", 5)).seq == 1
+    assert [box.pop().seq for _ in range(3)] == [3, 4, 5]
+
+
+def test_offline_counts_partials_apart_from_their_hermes_mirrors():
+    box = Outbox(10)
+    for m in (msg("partial", 1), msg("hermes_partial", None), msg("partial", 2)):
+        box.put(m)
+    box.drop_unqueued()
+    assert (box.dropped_offline, box.dropped_mirrors_offline) == (2, 1)
+
+
+def test_deeply_nested_json_is_bad_json_not_a_traceback():
+    payload = b"[" * 2000 + b"]" * 2000  # under the 4,096-byte limit
+    with pytest.raises(CommandError) as info:
+        parse_command(payload, LANGS)
+    assert info.value.code == "bad_json" and "nested too deeply" in info.value.message
+    assert request_id_of(b'{"command": "mute", "id": "r1"}') == "r1"
+    assert request_id_of(payload) is None and request_id_of(b"\xff") is None
 
 
 def test_discovery_configs():

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tiny_models as tm
-from test_cli import run, write_wav
+from helpers import run, write_wav
 
 from agent.errors import ModelError
 from agent.recognizer import load_recognizer, ort_cache

@@ -123,6 +123,20 @@ def test_batch_gives_the_same_results_as_one_at_a_time(recognizer):
     assert batch[1].tokens[0].start == pytest.approx(1.5 + 0.06)
 
 
+def test_each_item_of_a_batch_keeps_its_own_language_and_itn(recognizer):
+    """Streams with different settings share one model run (sherpa-onnx's batch cannot do this)."""
+    segments = [noise(tm.ONE_PATTERN_SAMPLES, seed=i) for i in range(3)]
+    options = [recognizer.options(language="ja"), None, recognizer.options(use_itn=False)]
+    batch = recognizer.recognize_batch(segments, options)
+    single = [recognizer.recognize(s, o) for s, o in zip(segments, options)]
+    assert [b.to_dict() for b in batch] == [s.to_dict() for s in single]
+    assert [b.language for b in batch] == ["ja", "en", "en"]
+    logits, _ = recognizer.logits(segments, options)
+    assert [logits[i, 3].argmax() for i in range(3)] == [tm.token_id("<|withitn|>")] * 2 + [tm.token_id("<|woitn|>")]
+    with pytest.raises(ValueError, match="2 options for 3 segments"):
+        recognizer.recognize_batch(segments, options[:2])
+
+
 def test_short_audio_still_decodes(recognizer):
     for n in (0, 1, 399, 400):
         result = recognizer.recognize(np.zeros(n, np.float32))
@@ -160,9 +174,13 @@ def test_unavailable_provider_is_logged_and_the_next_used(model_dir, caplog):
     assert len(warnings) == 1 and "trying the next one" in warnings[0]
 
 
-def test_no_usable_provider_is_an_error(model_dir):
-    with pytest.raises(ModelError, match="none of the configured providers"):
+def test_no_usable_provider_is_a_configuration_error(model_dir):
+    """A configuration problem (78), not a corrupt model (66, which systemd would restart 5 times)."""
+    from agent.errors import EXIT_CONFIG, ConfigError
+
+    with pytest.raises(ConfigError, match="recognizer.providers: none of tensorrt, cuda is available in") as info:
         load_recognizer(RecognizerSettings(model_dir=str(model_dir), providers=["tensorrt", "cuda"]))
+    assert info.value.exit_code == EXIT_CONFIG
 
 
 def test_a_cancelled_decode_raises_and_an_uncancelled_one_is_unaffected(recognizer):

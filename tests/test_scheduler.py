@@ -269,3 +269,95 @@ def test_a_running_partial_is_cancelled_when_the_speculative_final_arrives(parts
     decoder.release()
     (done,) = out.wait_for(1)
     assert (done.kind, done.speculative) == (FINAL, True)
+
+
+# --- many streams, one worker ------------------------------------------------------------------
+class BatchDecoder:
+    """Gated like GatedDecoder, for batches: records each run's (audio length, options) items."""
+
+    def __init__(self):
+        self.runs = []
+        self._gate = threading.Semaphore(0)
+        self._started = threading.Semaphore(0)
+
+    def __call__(self, audios, options, cancel):
+        self.runs.append([(len(a), o) for a, o in zip(audios, options)])
+        self._started.release()
+        while not self._gate.acquire(timeout=0.01):
+            if cancel.cancelled:
+                raise DecodeCancelled()
+        return [f"{o or 'auto'} text of {len(a)}" for a, o in zip(audios, options)]
+
+    def wait_started(self):
+        assert self._started.acquire(timeout=TIMEOUT), "no decode started"
+
+    def release(self, count=1):
+        for _ in range(count):
+            self._gate.release()
+
+
+@pytest.fixture
+def shared():
+    from agent.pipeline.scheduler import DecodeScheduler
+
+    decoder = BatchDecoder()
+    scheduler = DecodeScheduler(decoder, batch_size=4, max_batch_seconds=1.0, partial_interval_s=0.0)
+    scheduler.start()
+    yield scheduler, decoder
+    decoder.release(100)
+    scheduler.stop(1.0)
+
+
+def test_ready_finals_of_several_streams_share_one_run_with_their_own_options(shared):
+    scheduler, decoder = shared
+    outs = [Collector() for _ in range(3)]
+    lanes = [scheduler.lane(out, options=lambda lang=lang: lang) for out, lang in zip(outs, ("ja", None, "zh"))]
+    lanes[0].request_partial(1, audio(100), 100)
+    decoder.wait_started()  # the model is busy with stream 0's partial...
+    for i, lane in enumerate(lanes):
+        lane.request_final(1, audio(1000 + i), 1000 + i)  # ...which the first final cancels
+    decoder.wait_started()
+    decoder.release()
+    for out, expected in zip(outs, ("ja text of 1000", "auto text of 1001", "zh text of 1002")):
+        (done,) = out.wait_for(1)
+        assert (done.kind, done.result, done.batch) == (FINAL, expected, 3)
+    assert decoder.runs[1] == [(1000, "ja"), (1001, None), (1002, "zh")]
+    assert lanes[0].cancelled_partials == 1 and scheduler.batches[3] == 1
+
+
+def test_a_batch_stays_within_its_padded_length(shared):
+    """max_batch_seconds 1.0: two 0.6 s finals would pad to 1.2 s of compute, so they run apart."""
+    scheduler, decoder = shared
+    out = Collector()
+    lane = scheduler.lane(out)
+    lane.request_final(1, audio(9600), 9600)
+    lane.request_final(2, audio(9600), 9600)
+    decoder.release(2)
+    out.wait_for(2)
+    assert [len(run) for run in decoder.runs] == [1, 1]
+
+
+def test_a_stream_that_disconnects_still_gets_its_finals_delivered(shared):
+    scheduler, decoder = shared
+    out = Collector()
+    lane = scheduler.lane(out)
+    lane.request_partial(1, audio(100), 100)
+    lane.request_final(2, audio(200), 200)
+    lane.close()  # the client went away mid-utterance: its final still reaches the other sinks
+    decoder.release(3)
+    (done,) = out.wait_for(1)
+    assert (done.kind, done.utterance_id) == (FINAL, 2)
+    assert lane.drain(TIMEOUT) and lane.finished()
+
+
+def test_partials_of_several_streams_are_paced_per_stream(shared):
+    scheduler, decoder = shared
+    outs = [Collector(), Collector()]
+    lanes = [scheduler.lane(out) for out in outs]
+    lanes[0].request_partial(1, audio(100), 100)
+    lanes[1].request_partial(1, audio(200), 200)
+    decoder.release(2)
+    for out in outs:
+        out.wait_for(1)
+    assert sorted(len(run) for run in decoder.runs) in ([1, 1], [2])
+    assert all(lane.partial_due() for lane in lanes)  # interval 0 and a quick decode: due again

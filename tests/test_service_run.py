@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 import tiny_models as tm
-from test_cli import ROOT, write_wav
+from helpers import ROOT, write_wav
 
 
 def test_run_speaks_sd_notify(tmp_path):

@@ -6,12 +6,10 @@ import os
 import threading
 import time
 
-import numpy as np
-
 from agent.audio.blocks import RATE
 from agent.audio.ring_buffer import RingBuffer
 from agent.audio.source import FINISHED, RUNNING, STOPPED, AudioSource
-from agent.audio_file import load_audio
+from agent.audio_file import AudioFileError, WavFile
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +21,8 @@ class FileSource(AudioSource):
     schedule counted from one monotonic start (sleeping a fixed block length each time would add
     up scheduling delays). A pipeline that falls behind loses audio exactly like with a mic.
     realtime=False: blocks are written as fast as the pipeline takes them, and none are lost.
+    The file is read a second at a time, so an hours-long recording costs no more memory than a
+    short one.
     """
 
     def __init__(self, path: str | os.PathLike, *, realtime: bool = True, block_ms: int = 50,
@@ -35,12 +35,12 @@ class FileSource(AudioSource):
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        """Read the file (errors surface here, as AudioFileError) and start feeding it."""
-        samples = load_audio(self.path, RATE)
+        """Open the file (a bad header surfaces here, as AudioFileError) and start feeding it."""
+        wav = WavFile(self.path)
         ring = RingBuffer(max(self.block_samples, int(RATE * self.ring_seconds)))
         self._begin_session(ring, RATE)
-        self._thread = threading.Thread(target=self._feed, args=(ring, samples), name="file-source", daemon=True)
-        self._set_state(RUNNING, f"{len(samples) / RATE:.2f} s, {'real time' if self.realtime else 'fast'}")
+        self._thread = threading.Thread(target=self._feed, args=(ring, wav), name="file-source", daemon=True)
+        self._set_state(RUNNING, f"{wav.duration:.2f} s, {'real time' if self.realtime else 'fast'}")
         self._thread.start()
 
     def stop(self) -> None:
@@ -50,18 +50,28 @@ class FileSource(AudioSource):
             self._thread.join()
         self._set_state(STOPPED)
 
-    def _feed(self, ring: RingBuffer, samples: np.ndarray) -> None:
-        step = self.block_samples
-        t0 = time.monotonic()
-        for pos in range(0, len(samples), step):
-            block = samples[pos:pos + step]
-            if self.realtime:
-                # Block i is "recorded" by t0 + its end time; wait for that instant, not a fixed span.
-                if self._stop.wait(max(0.0, t0 + (pos + len(block)) / RATE - time.monotonic())):
-                    return
-                ring.write(block)
-            elif not ring.write_wait(block):
-                return  # stopped
+    def _feed(self, ring: RingBuffer, wav: WavFile) -> None:
+        with wav:
+            try:
+                self._feed_blocks(ring, wav)
+            except AudioFileError as exc:  # e.g. NaN samples further in: what came before is kept
+                log.error("%s; the rest of the file is skipped", exc)
         self._end_sessions()
         if not self._stop.is_set():
             self._set_state(FINISHED)
+
+    def _feed_blocks(self, ring: RingBuffer, wav: WavFile) -> None:
+        step = self.block_samples
+        t0 = time.monotonic()
+        pos = 0
+        for samples in wav.blocks(1.0, RATE):
+            for at in range(0, len(samples), step):
+                block = samples[at:at + step]
+                pos += len(block)
+                if self.realtime:
+                    # Block i is "recorded" by t0 + its end time; wait for that instant, not a fixed span.
+                    if self._stop.wait(max(0.0, t0 + pos / RATE - time.monotonic())):
+                        return
+                    ring.write(block)
+                elif not ring.write_wait(block):
+                    return  # stopped

@@ -25,6 +25,18 @@ def _languages():
     return LANGUAGES
 
 
+def request_id_of(payload: bytes):
+    """The `id` of a payload that may be refused before it is parsed as a command (or None)."""
+    if len(payload) > MAX_PAYLOAD:
+        return None
+    try:
+        data = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    request_id = data.get("id") if isinstance(data, dict) else None
+    return request_id if isinstance(request_id, (str, int)) and not isinstance(request_id, bool) else None
+
+
 def parse_command(payload: bytes, languages: tuple | None = None) -> dict:
     """The command as a normalised dict ({"command": ..., fields..., "id"?}) or CommandError."""
     languages = tuple(languages) if languages is not None else _languages()
@@ -34,6 +46,8 @@ def parse_command(payload: bytes, languages: tuple | None = None) -> dict:
         data = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise CommandError("bad_json", f"payload is not JSON: {exc}") from None
+    except RecursionError:  # ~2,000 nested arrays fit in 4,096 bytes; json's decoder recurses per level
+        raise CommandError("bad_json", "payload is nested too deeply to be a command") from None
     if not isinstance(data, dict):
         raise CommandError("bad_json", f"payload must be a JSON object, got {type(data).__name__}")
     request_id = data.get("id")

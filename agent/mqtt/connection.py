@@ -7,9 +7,12 @@ that does not verify.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import ssl
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -26,6 +29,9 @@ def read_password(settings) -> str | None:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"mqtt.password_file: cannot read {path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"mqtt.password_file: {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+                              f"offset {exc.start}); MQTT passwords are UTF-8") from None
         lines = text.splitlines()
         if not lines or not lines[0]:
             raise ConfigError(f"mqtt.password_file: {path} is empty (the password is its first line)")
@@ -55,9 +61,48 @@ def tls_context(tls) -> ssl.SSLContext:
     return ctx
 
 
+log = logging.getLogger(__name__)
+
+
+class SupervisedClient(mqtt.Client):
+    """paho's client whose network thread outlives an exception escaping paho's own loop.
+
+    paho runs `loop_forever` in that thread with no guard: an exception from inside paho (seen: a
+    `struct.error` packing a 70,000-character client id) ends the thread, and the client never
+    connects again while looking alive. Here the exception goes to `on_thread_error`, which logs
+    and counts it and answers how long to wait; then the connection starts over.
+    """
+
+    on_thread_error: Callable[[BaseException], float] | None = None
+
+    def _thread_main(self) -> None:  # the target of loop_start()'s thread
+        try:
+            while not self._thread_terminate:
+                try:
+                    self.loop_forever(retry_first_connection=True)
+                    return
+                except Exception as exc:  # noqa: BLE001 - anything here would end the thread silently
+                    handler = self.on_thread_error
+                    wait = handler(exc) if handler is not None else 1.0
+                    self._start_over()
+                    deadline = time.monotonic() + wait
+                    while not self._thread_terminate and time.monotonic() < deadline:
+                        time.sleep(0.05)
+        finally:
+            self._thread = None
+
+    def _start_over(self) -> None:
+        """Drop the socket and connect afresh (the state the failure left is unknown)."""
+        try:
+            self._sock_close()
+        except Exception:  # noqa: BLE001 - already broken
+            log.debug("closing the broken MQTT socket failed", exc_info=True)
+        self._state = mqtt._ConnectionState.MQTT_CS_CONNECT_ASYNC
+
+
 def make_client(settings, client_id: str, will_topic: str) -> mqtt.Client:
     v5 = settings.protocol == "5"
-    client = mqtt.Client(
+    client = SupervisedClient(
         callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id,
         protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
         **({} if v5 else {"clean_session": True}))

@@ -46,11 +46,12 @@ class SpeechHealth:
         self.endpoint_ms = LatencyWindow(window)  # end of speech -> final emitted
         self.decode_ms = LatencyWindow(window)  # model time of finals
 
-    def observe(self, event: dict):
-        if event.get("type") == "final":
+    def observe(self, event):
+        """Count a final (a typed event, agent/events.py)."""
+        if event.type == "final":
             self.utterances += 1
-            self.endpoint_ms.add(event.get("endpoint_delay_ms"))
-            self.decode_ms.add(event.get("decode_ms"))
+            self.endpoint_ms.add(event.endpoint_delay_ms)
+            self.decode_ms.add(event.decode_ms)
 
     def snapshot(self) -> dict:
         return {"uptime_s": round(time.monotonic() - self.started, 1), "utterances": self.utterances,

@@ -1,11 +1,12 @@
 """MqttPublisher: the pipeline's event sink, publishing to an MQTT broker through outages.
 
 Threads:
-- the caller (pipeline / decode thread): `publisher(event)` maps the event to messages and appends
+- the caller (pipeline / decode thread): `publish(stamped)` maps the event to messages and appends
   them to the bounded outbox. Never blocks on the network.
 - paho's network thread (`loop_start`): connects, reconnects with capped exponential backoff,
   runs the callbacks below. Every callback is guarded: an exception escaping one would silently
-  end that thread.
+  end that thread; one escaping paho itself is logged, counted and the thread goes on
+  (connection.SupervisedClient).
 - the sender thread: hands outbox messages to paho while connected, at most MAX_INFLIGHT unacknowledged
   at a time, and publishes health.
 - the command thread: runs the caller's command handler, so a slow handler never stalls the network.
@@ -18,13 +19,18 @@ Delivery (each queued event exactly once from the agent's side, in order):
   leaves the outbox, which keeps the order across the reconnect.
 - Partials (QoS 0) are dropped while disconnected. Queued events older than message_expiry_s are
   dropped from the outbox, and with MQTT 5 carry the remaining time as their Message Expiry Interval.
+
+Commands: at most `commands_per_s` a second are read (the rest are counted and summarised in the
+log every 10 s); answers to them travel in their own outbox lane, so a flood of bad commands
+cannot displace a final. Retained commands are refused, always: with MQTT 5 the subscription asks
+the broker to keep the retain flag on live messages ("retain as published"), which MQTT 3.1.1
+cannot express (docs/EVENTS.md).
 """
 
 from __future__ import annotations
 
 import logging
 import queue
-import secrets
 import threading
 import time
 from collections import deque
@@ -33,9 +39,11 @@ from collections.abc import Callable
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent import __version__
-from agent.mqtt.commands import CommandError, parse_command
+from agent.events import Emitter, Problem, Stamped, new_session
+from agent.mqtt.commands import CommandError, parse_command, request_id_of
 from agent.mqtt.connection import describe_reason, diagnose, hint_for, make_client
 from agent.mqtt.discovery import discovery_messages
 from agent.mqtt.health import LatencyWindow, RateLimitedLog, SpeechHealth
@@ -50,22 +58,25 @@ _RESERVED_HEALTH_KEYS = ("schema_version", "type", "device_id", "session", "ts",
 
 
 class MqttPublisher:
-    """`publisher(event)` is the pipeline sink; `start()` / `stop()` around the run.
+    """A sink (agent/events.py): `publish(stamped)`; `start()` / `close()` around the run.
 
     health: a callable returning a dict merged into the health message (provider, model, overflows,
       samples_lost, audio_device, ...); called on the sender thread, so it must be quick and thread-safe.
     on_command: a callable taking a validated command dict, e.g. {"command": "set_language",
       "language": "en"}; runs on its own thread; an exception is answered on the error topic.
+    emitter: numbers the answers to commands among the device's other events and hands them to
+      every sink; by default one of its own (this publisher its only sink).
     """
 
     def __init__(self, settings, *, health: Callable[[], dict] | None = None,
                  on_command: Callable[[dict], None] | None = None, version: str = __version__,
-                 languages: tuple | None = None):
+                 languages: tuple | None = None, emitter: Emitter | None = None):
         self.settings = settings
         self.device_id = device_id_of(settings)
         self.client_id = client_id_of(settings, self.device_id)
         self.topics = Topics(settings.topic_prefix, self.device_id)
-        self.session = secrets.token_hex(4)
+        self.emitter = emitter if emitter is not None else Emitter(self.device_id, new_session(), [self])
+        self.session = self.emitter.session
         self.broker = f"{settings.host}:{settings.port}"
         self.version = version
         self._health_provider = health
@@ -73,7 +84,7 @@ class MqttPublisher:
         self._languages = languages
         self._v5 = settings.protocol == "5"
         hermes_site = settings.hermes.site_id if settings.hermes.enabled else None
-        self._mapper = EventMapper(self.topics, self.session, settings.qos, hermes_site)
+        self._mapper = EventMapper(settings.topic_prefix, settings.qos, hermes_site)
         self._map_lock = threading.Lock()
         self._outbox = Outbox(settings.outbox_max)
         self._acks: deque = deque()  # (mid, reason code) from on_publish, consumed by the sender
@@ -93,13 +104,20 @@ class MqttPublisher:
         self.connect_failures = 0
         self.commands_accepted = 0
         self.commands_rejected = 0
+        self.commands_over_limit = 0
+        self.network_errors = 0
+        self._command_tokens = float(settings.commands_per_s)
+        self._command_refill = time.monotonic()
+        self._over_limit_reported = (0, time.monotonic())
         self.last_error: str | None = None
         self._last_problem = ("", 0.0)
         self._drop_log = RateLimitedLog(log, 10.0)
         self._error_log = RateLimitedLog(log, 10.0)
+        self._reject_log = RateLimitedLog(log, 10.0)
         self._ha_status = f"{settings.home_assistant.discovery_prefix}/status"
         self._client = make_client(settings, self.client_id, self.topics.status)  # reads the password now
         self._client.suppress_exceptions = True  # second guard: paho logs instead of dying
+        self._client.on_thread_error = self._on_thread_error
         self._client.on_log = self._on_log
         self._client.on_connect = self._guard(self._on_connect)
         self._client.on_connect_fail = self._guard(self._on_connect_fail)
@@ -134,9 +152,8 @@ class MqttPublisher:
         self._stopping = True
         timeout = self.settings.drain_timeout_s if timeout is None else timeout
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self._connected.is_set():
-            if len(self._outbox) == 0 and self._inflight_count == 0:
-                break
+        # Also while not (yet) connected: a file decoded in a second can end before the first CONNACK.
+        while time.monotonic() < deadline and self.pending():
             self._wake.set()
             time.sleep(0.02)
         left = self.pending()
@@ -149,6 +166,7 @@ class MqttPublisher:
         self._commander.join(timeout=5)
         if self._connected.is_set():
             try:
+                self._publish_health(stopped=True)  # the retained health must not say connected after a stop
                 info = self._client.publish(self.topics.status, b"offline", qos=self.settings.qos.status, retain=True)
                 info.wait_for_publish(timeout=2.0)
             except (RuntimeError, ValueError) as exc:
@@ -158,6 +176,9 @@ class MqttPublisher:
         self._connected.clear()
         log.info("MQTT: disconnected from %s", self.broker)
         return left
+
+    def close(self) -> None:
+        self.stop()
 
     def __enter__(self):
         self.start()
@@ -178,29 +199,24 @@ class MqttPublisher:
         return len(self._outbox) + self._inflight_count
 
     # ------------------------------------------------------------------ the sink (caller's thread)
-    def __call__(self, event: dict):
-        """Publish one pipeline event; never blocks on the network and never raises."""
+    def publish(self, stamped: Stamped) -> None:
+        """Queue one event's messages; never blocks on the network and never raises."""
         if self._stopping:
             return
         try:
             with self._map_lock:
-                self.speech.observe(event)
-                messages = self._mapper.map(event)
-                for message in messages:
+                self.speech.observe(stamped.event)
+                for message in self._mapper.map(stamped):
                     self._enqueue(message)
             self._wake.set()
         except Exception as exc:  # noqa: BLE001 - a bad event must not stop the pipeline
             self.errors += 1
-            self._error_log(logging.ERROR, "MQTT: cannot publish event %r: %s", str(event)[:200], exc)
+            kind = getattr(getattr(stamped, "event", None), "type", type(stamped).__name__)
+            self._error_log(logging.ERROR, "MQTT: cannot publish a %s event: %s", kind, exc)
 
     def error(self, code: str, message: str, *, source: str = "agent", **extra):
-        """Publish on the error topic (queued like a final)."""
-        try:
-            with self._map_lock:
-                self._enqueue(self._mapper.error(code, message, source=source, **extra))
-            self._wake.set()
-        except Exception as exc:  # noqa: BLE001
-            self._error_log(logging.ERROR, "MQTT: cannot publish error %s: %s", code, exc)
+        """Report on the error topic (through the emitter: every sink sees it, in seq order)."""
+        self.emitter.emit(Problem(source, code, message, **extra))
 
     def request_health(self):
         """Publish health now (also done every health_interval_s and on the `health` command)."""
@@ -209,7 +225,7 @@ class MqttPublisher:
 
     def _enqueue(self, message):
         if not message.queued and not self._connected.is_set():
-            self._outbox.count_offline()
+            self._outbox.count_offline(message)
             return
         dropped = self._outbox.put(message)
         if dropped is not None:
@@ -233,6 +249,7 @@ class MqttPublisher:
                 else:
                     self._outbox.drop_unqueued()
                 self._inflight_count = len(inflight)
+                self._report_over_limit()
             except Exception:
                 self.errors += 1
                 log.exception("MQTT: sender error")
@@ -293,10 +310,10 @@ class MqttPublisher:
             elif info.rc == mqtt.MQTT_ERR_SUCCESS:
                 self.published += 1
             else:
-                self._outbox.count_offline()
+                self._outbox.count_offline(message)
             self._inflight_count = len(inflight)
 
-    def _publish_health(self):
+    def _publish_health(self, stopped: bool = False):
         self._health_due = time.monotonic() + self.settings.health_interval_s
         body = {"schema_version": SCHEMA_VERSION, "type": "health", "device_id": self.device_id,
                 "session": self.session, "ts": round(time.time(), 3), "version": self.version,
@@ -309,6 +326,9 @@ class MqttPublisher:
                 body["health_error"] = f"{type(exc).__name__}: {exc}"
                 self._error_log(logging.ERROR, "MQTT: health provider failed: %s", exc)
         body["mqtt"] = self.stats()
+        body["state"] = "stopped" if stopped else "running"
+        if stopped:
+            body["mqtt"]["connected"] = False
         try:
             self._client.publish(self.topics.health, dumps(body), qos=self.settings.qos.health, retain=True)
         except (ValueError, TypeError, RuntimeError) as exc:
@@ -319,10 +339,14 @@ class MqttPublisher:
         return {"connected": self.connected, "broker": self.broker, "queued": len(self._outbox),
                 "inflight": self._inflight_count, "published": self.published,
                 "dropped": {"outbox_full": self._outbox.dropped_full, "expired": self._outbox.dropped_expired,
-                            "offline": self._outbox.dropped_offline},
-                "errors": self.errors, "reconnects": self.reconnects, "connect_failures": self.connect_failures,
-                "last_error": self.last_error, "publish_latency_ms": self.publish_latency_ms.summary(),
-                "commands": {"accepted": self.commands_accepted, "rejected": self.commands_rejected}}
+                            "offline": self._outbox.dropped_offline,
+                            "mirrors_offline": self._outbox.dropped_mirrors_offline,
+                            "replies": self._outbox.dropped_replies},
+                "errors": self.errors, "network_errors": self.network_errors, "reconnects": self.reconnects,
+                "connect_failures": self.connect_failures, "last_error": self.last_error,
+                "publish_latency_ms": self.publish_latency_ms.summary(),
+                "commands": {"accepted": self.commands_accepted, "rejected": self.commands_rejected,
+                             "over_limit": self.commands_over_limit}}
 
     # ------------------------------------------------------------------ paho callbacks (network thread)
     def _guard(self, callback):
@@ -364,8 +388,15 @@ class MqttPublisher:
         if self._generation > 1:
             self.reconnects += 1
         qos = self.settings.qos
-        client.subscribe(self.topics.cmd, qos=1)
+        if self._v5:  # the retain flag survives on live deliveries, so a retained command is always seen as one
+            client.subscribe(self.topics.cmd, options=SubscribeOptions(qos=1, retainAsPublished=True))
+        else:
+            client.subscribe(self.topics.cmd, qos=1)
         client.publish(self.topics.status, b"online", qos=qos.status, retain=True)
+        if self.settings.tls.insecure:
+            log.warning("MQTT: connected to %s WITHOUT verifying its TLS certificate (mqtt.tls.insecure: true): "
+                        "anyone on the network path can read and forge these messages", self.broker,
+                        extra={"EVENT": "mqtt_insecure"})
         if self.settings.home_assistant.enabled:
             client.subscribe(self._ha_status, qos=1)
             self._publish_discovery()
@@ -376,6 +407,15 @@ class MqttPublisher:
         log.info("MQTT: %s %s as %r", "reconnected to" if self._generation > 1 else "connected to", self.broker,
                  self.client_id)
         self._wake.set()
+
+    def _on_thread_error(self, exc: BaseException) -> float:
+        """An exception escaped paho's network loop (it would have ended the thread): seconds to wait."""
+        self.network_errors += 1
+        self.last_error = f"MQTT network thread failed: {type(exc).__name__}: {exc}"
+        self._error_log(logging.ERROR, "MQTT: the network thread failed (%s: %s); restarting it (%d so far)",
+                        type(exc).__name__, exc, self.network_errors)
+        self._connected.clear()
+        return min(self.settings.reconnect_max_s, self.settings.reconnect_min_s * 2 ** min(self.network_errors, 10))
 
     def _on_connect_fail(self, client, userdata):
         self.connect_failures += 1
@@ -405,13 +445,41 @@ class MqttPublisher:
     def _reject(self, code: str, message: str, payload: bytes, request_id=None):
         self.commands_rejected += 1
         excerpt = payload[:500].decode("utf-8", "replace")
-        log.warning("MQTT: rejected command %r: %s", excerpt[:200], message)
+        self._reject_log(logging.WARNING, "MQTT: rejected command %r: %s", excerpt[:200], message)
         self.error(code, message, source="command", request=excerpt, request_id=request_id)
 
+    def _command_allowed(self) -> bool:
+        """A token bucket of commands_per_s: a flood costs a counter, not a parse, an answer and a log line."""
+        now = time.monotonic()
+        rate = self.settings.commands_per_s
+        self._command_tokens = min(rate, self._command_tokens + (now - self._command_refill) * rate)
+        self._command_refill = now
+        if self._command_tokens >= 1.0:
+            self._command_tokens -= 1.0
+            return True
+        self.commands_over_limit += 1
+        return False
+
+    def _report_over_limit(self):
+        """One summary line per 10 s while commands arrive faster than commands_per_s."""
+        reported, at = self._over_limit_reported
+        now = time.monotonic()
+        if self.commands_over_limit > reported and now - at >= 10.0:
+            log.warning("MQTT: %d command(s) over mqtt.commands_per_s (%d/s) ignored in the last %.0f s, %d in all",
+                        self.commands_over_limit - reported, self.settings.commands_per_s, now - at,
+                        self.commands_over_limit, extra={"EVENT": "commands_over_limit"})
+            self._over_limit_reported = (self.commands_over_limit, now)
+        elif self.commands_over_limit == reported:
+            self._over_limit_reported = (reported, now)
+
     def _on_command_message(self, msg):
+        if not msg.payload:  # how a retained message is cleared: nothing was asked
+            return
+        if not self._command_allowed():
+            return
         if msg.retain:
             self._reject("retained", "retained commands are ignored (publish commands with retain=false and "
-                                     "clear the retained one)", msg.payload)
+                                     "clear the retained one)", msg.payload, request_id_of(msg.payload))
             return
         try:
             command = parse_command(msg.payload, self._languages)
@@ -437,7 +505,7 @@ class MqttPublisher:
             command = self._commands.get()
             if command is None:
                 return
-            log.info("MQTT: command %s", command)
+            log.info("MQTT: command %s", command, extra={"EVENT": "command", "COMMAND": command["command"]})
             try:
                 self._on_command(command)
             except Exception as exc:

@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from agent.config_schema import section, setting
+from agent.config_schema import section, setting, show
+from agent.mqtt.topics import MAX_DEVICE_ID_BYTES, MAX_PREFIX_BYTES, text_problem, topic_problem
 
 PROTOCOLS = ("5", "3.1.1")
 QOS_LEVELS = (0, 1, 2)
-_TOPIC_FORBIDDEN = ("+", "#", "\0")
 
 
 @dataclass
@@ -93,6 +93,10 @@ class MqttSettings:
     reconnect_min_s: float = setting(1.0, "First reconnect delay; it doubles per failed attempt.",
                                      min=0.1, max=300.0)
     reconnect_max_s: float = setting(60.0, "Longest reconnect delay.", min=0.1, max=3600.0)
+    commands_per_s: int = setting(
+        10, "Commands read per second from <prefix>/<device>/cmd; more are ignored, counted in health "
+            "(mqtt.commands.over_limit) and summarised in the log every 10 s, so a flood costs no final.",
+        min=1, max=1000)
     drain_timeout_s: float = setting(5.0, "On stop: how long to wait for queued events to be delivered "
                                           "before publishing offline and disconnecting.", min=0.0, max=120.0)
     home_assistant: MqttHomeAssistantSettings = section(MqttHomeAssistantSettings, "Home Assistant discovery.")
@@ -107,9 +111,18 @@ class MqttSettings:
         if self.reconnect_min_s > self.reconnect_max_s:
             yield "reconnect_min_s", (f"{self.reconnect_min_s} is above reconnect_max_s "
                                       f"({self.reconnect_max_s})")
+        if self.enabled and not self.host.strip():
+            yield "host", "is empty: name the broker (a host name or address) or set enabled: false"
         for key, value in (("topic_prefix", self.topic_prefix),
                            ("home_assistant.discovery_prefix", self.home_assistant.discovery_prefix)):
-            if not value or value.startswith("/") or value.endswith("/") or any(c in value for c in _TOPIC_FORBIDDEN):
-                yield key, f"{value!r} is not a usable topic prefix (non-empty, no + # and no leading or trailing /)"
-        if self.device_id and ("/" in self.device_id or any(c in self.device_id for c in _TOPIC_FORBIDDEN)):
-            yield "device_id", f"{self.device_id!r} must be one topic level (no / + #)"
+            problem = topic_problem(value, levels=True, max_bytes=MAX_PREFIX_BYTES)
+            if problem:
+                yield key, f"{show(value)} {problem}"
+        if self.device_id:
+            problem = topic_problem(self.device_id, levels=False, max_bytes=MAX_DEVICE_ID_BYTES)
+            if problem:
+                yield "device_id", f"{show(self.device_id)} {problem}"
+        for key, value in (("client_id", self.client_id), ("username", self.username or "")):
+            problem = value and text_problem(value, 256)
+            if problem:
+                yield key, f"{show(value)} {problem}"

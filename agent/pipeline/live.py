@@ -1,18 +1,21 @@
-"""The live loop: audio blocks -> segmenter -> decode scheduler -> events (speech_start, partial, final, speech_end).
+"""The live loop: audio blocks -> segmenter -> decode scheduler -> typed events to the sinks.
 
 One pipeline thread reads the source and drives the segmenter; the scheduler's worker thread
-decodes. Events go to a sink (JSON lines on stdout now, MQTT later) with their timing.
+decodes. Every event leaves through the stream's `Emitter` (agent/events.py), which numbers it
+and hands it to the sinks: speech_start, partial, speech_end, final, then emotion and language.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 from typing import Callable, Dict, Optional
 
+from agent.events import Emitter, Emotion, Final, Language, Partial, Problem, SpeechEnded, SpeechStarted
 from agent.listening import SilenceBegan, SpeechEnd, SpeechResumed, SpeechStart
-from agent.pipeline.scheduler import FINAL, Done, Scheduler
+from agent.pipeline.scheduler import FINAL, DecodeScheduler, Done, Scheduler
 from agent.pipeline.settings import PipelineSettings
 
 log = logging.getLogger(__name__)
@@ -20,21 +23,28 @@ RATE = 16000
 
 
 class Clock:
-    """Maps stream positions to wall-clock time, anchored on the newest block's arrival."""
+    """Maps stream positions to wall-clock time, anchored on the newest block's arrival.
 
-    def __init__(self):
+    Only for a stream that runs in real time: a file decoded as fast as possible has no wall time
+    worth reporting (its "latency" would be how far the decode ran ahead of the file).
+    """
+
+    def __init__(self, realtime: bool = True):
+        self.realtime = realtime
         self.anchor: Optional[float] = None  # wall time of stream sample 0
 
     def arrived(self, end_sample: int):
-        self.anchor = time.time() - end_sample / RATE
+        if self.realtime:
+            self.anchor = time.time() - end_sample / RATE
 
     def wall(self, sample: int) -> Optional[float]:
         return None if self.anchor is None else self.anchor + sample / RATE
 
 
 class LivePipeline:
-    def __init__(self, source, segmenter, recognizer, emit: Callable[[dict], None], settings: PipelineSettings,
-                 progress=None):
+    def __init__(self, source, segmenter, recognizer, emitter: Emitter, settings: PipelineSettings,
+                 progress=None, scheduler: Optional[DecodeScheduler] = None):
+        """`scheduler`: the decode worker shared with other streams (serve); None: one of its own."""
         self.source = source
         self.progress = progress  # agent.service.Progress: lets the systemd watchdog see the pipeline move
         self.options = None  # DecodeOptions set at run time (MQTT language commands); None = defaults
@@ -43,12 +53,15 @@ class LivePipeline:
         self.segmenter = segmenter
         self.recognizer = recognizer
         self.settings = settings
-        self._emit = emit
-        self._clock = Clock()
+        self.emitter = emitter
+        self._clock = Clock(realtime=getattr(source, "realtime", True))
         self._silence_at: Dict[int, int] = {}  # open utterance -> where its current silence began
-        self._starts: Dict[int, int] = {}  # utterance -> audio start sample (for result timing)
-        self.scheduler = Scheduler(self._decode, self._on_done, settings.partial_interval_ms / 1000.0,
-                                   settings.duty_budget)
+        self._owns_scheduler = scheduler is None
+        if scheduler is None:
+            self.scheduler = Scheduler(self._decode, self._on_done, settings.partial_interval_ms / 1000.0,
+                                       settings.duty_budget, fail=self._on_failed)
+        else:  # a lane of the shared worker: this stream's requests, batched with the others'
+            self.scheduler = scheduler.lane(self._on_done, self._on_failed, options=lambda: self.options)
         self.utterances = 0
 
     # ------------------------------------------------------------------ pipeline thread
@@ -57,11 +70,12 @@ class LivePipeline:
 
         `on_started` runs once the source is open (the service sends READY=1 there).
         """
-        self.scheduler.start()
-        self.source.start()
-        if on_started is not None:
-            on_started()
+        if self._owns_scheduler:
+            self.scheduler.start()
         try:
+            self.source.start()
+            if on_started is not None:
+                on_started()
             while not stop.is_set():
                 block = self.source.read(timeout=0.2)
                 if block is None:
@@ -84,21 +98,26 @@ class LivePipeline:
                 self._on_segment_event(event)
         finally:
             self.source.stop()
-            drained = self.scheduler.stop(self.settings.drain_timeout_s)
+            if self._owns_scheduler:
+                drained = self.scheduler.stop(self.settings.drain_timeout_s)
+            else:
+                drained = self.scheduler.drain(self.settings.drain_timeout_s)
+                self.scheduler.close()
         if not drained:
             log.error("stopped with finals still undecoded after %.1f s", self.settings.drain_timeout_s)
         return drained
 
     def _on_segment_event(self, event):
         if isinstance(event, SpeechStart):
-            self._speech_event("speech_start", event.utterance_id, event.start_sample, event.detected_sample)
+            self.emitter.emit(SpeechStarted(event.utterance_id, *self._vad_times(event.start_sample,
+                                                                                event.detected_sample)))
         elif isinstance(event, SilenceBegan):
             self._silence_at[event.utterance_id] = event.at_sample
             if self.settings.speculative_final:
                 current = self.segmenter.current_audio()
                 if current is not None:
-                    self._starts[event.utterance_id] = current.start_sample
-                    self.scheduler.request_speculative(event.utterance_id, current.audio, event.at_sample)
+                    self.scheduler.request_speculative(event.utterance_id, current.audio, event.at_sample,
+                                                       current.start_sample)
         elif isinstance(event, SpeechResumed):
             self._silence_at.pop(event.utterance_id, None)
             self.scheduler.speech_resumed(event.utterance_id)
@@ -107,10 +126,10 @@ class LivePipeline:
             speech_end = self._silence_at.pop(event.utterance_id, event.end_sample)
             if event.reason != "endpoint":
                 speech_end = event.end_sample  # cut or end of input: no silence was heard
-            self._speech_event("speech_end", event.utterance_id, event.end_sample, event.detected_sample,
-                               reason=event.reason)
-            self._starts[event.utterance_id] = event.audio_start_sample
-            self.scheduler.request_final(event.utterance_id, event.audio, speech_end)
+            self.emitter.emit(SpeechEnded(event.utterance_id, *self._vad_times(event.end_sample,
+                                                                              event.detected_sample),
+                                          reason=event.reason))
+            self.scheduler.request_final(event.utterance_id, event.audio, speech_end, event.audio_start_sample)
 
     def _maybe_partial(self):
         utterance = self.segmenter.utterance_id
@@ -119,16 +138,13 @@ class LivePipeline:
             return
         current = self.segmenter.current_audio()
         if current is not None:
-            self._starts[utterance] = current.start_sample
-            self.scheduler.request_partial(utterance, current.audio, current.end_sample)
+            self.scheduler.request_partial(utterance, current.audio, current.end_sample, current.start_sample)
 
-    def _speech_event(self, kind, utterance_id, sample, detected_sample, **extra):
-        now = time.time()
+    def _vad_times(self, sample: int, detected_sample: int):
+        """at, at_wall, detected_wall, vad_delay_ms of a segmenter event."""
         detected_wall = self._clock.wall(detected_sample)
-        self._emit({"type": kind, "utterance_id": utterance_id, "at": round(sample / RATE, 3),
-                    "at_wall": _r(self._clock.wall(sample)), "detected_wall": _r(detected_wall),
-                    "emitted_at": _r(now), "vad_delay_ms": _ms(now - detected_wall if detected_wall else None),
-                    **extra})
+        delay = None if detected_wall is None else _ms(time.time() - detected_wall)
+        return sample / RATE, self._clock.wall(sample), detected_wall, delay
 
     # ------------------------------------------------------------------ decode thread
     def _decode(self, audio, cancel):
@@ -138,37 +154,40 @@ class LivePipeline:
             return self.recognizer.recognize(audio, self.options, cancel=cancel)
 
     def _on_done(self, done: Done):
-        # The final is an utterance's last result (later partials are dropped by the scheduler): forget it.
-        start = (self._starts.pop if done.kind == FINAL else self._starts.get)(done.utterance_id, 0)
+        start = done.start_sample
         end = start + int(round(done.result.duration * RATE))
-        now = time.time()
+        timing = dict(audio_start=start / RATE, audio_end=end / RATE, audio_start_wall=self._clock.wall(start),
+                      audio_end_wall=self._clock.wall(end), queue_ms=done.queue_ms, decode_ms=done.decode_ms)
+        if done.kind != FINAL:
+            self.emitter.emit(Partial(done.utterance_id, done.result, **timing))
+            return
         end_wall = self._clock.wall(done.end_sample)
-        record = {"type": done.kind, "utterance_id": done.utterance_id,
-                  **done.result.to_dict(tokens=done.kind == FINAL),
-                  "audio_start": round(start / RATE, 3), "audio_end": round(end / RATE, 3),
-                  "audio_start_wall": _r(self._clock.wall(start)), "audio_end_wall": _r(self._clock.wall(end)),
-                  "queue_ms": round(done.queue_ms, 1), "decode_ms": round(done.decode_ms, 1),
-                  "emitted_at": _r(now)}
-        if done.kind == FINAL:
-            record["speculative"] = done.speculative
-            # End of speech -> final emitted: the latency a listener feels.
-            record["endpoint_delay_ms"] = _ms(now - end_wall if end_wall else None)
-            self.last_latency_ms = record["endpoint_delay_ms"]
-            # Fields operators query in the journal; the text goes only in TEXT (dropped unless log_text).
-            log.info("final of utterance %s: %s ms after end of speech, decode %.0f ms", done.utterance_id,
-                     record["endpoint_delay_ms"], done.decode_ms,
-                     extra={"EVENT": "final", "UTTERANCE_ID": done.utterance_id,
-                            "LATENCY_MS": record["endpoint_delay_ms"], "DECODE_MS": round(done.decode_ms, 1),
-                            "LANGUAGE": record["language"], "EMOTION": record["emotion"],
-                            "TEXT": record["text"]})
-            for token in record["tokens"]:
-                token["start"] = round(token["start"] + start / RATE, 3)
-                token["end"] = round(token["end"] + start / RATE, 3)
-        self._emit(record)
+        latency = None if end_wall is None else _ms(time.time() - end_wall)  # end of speech -> final
+        self.last_latency_ms = latency
+        emit_final(self.emitter, done.utterance_id, done.result, start, timing, latency, done.speculative)
+
+    def _on_failed(self, utterance_id: int, exc: Exception):
+        self.emitter.emit(Problem("pipeline", "decode_failed", f"the final could not be decoded: "
+                                                               f"{type(exc).__name__}: {exc}"[:500],
+                                  utterance_id=utterance_id))
 
 
-def _r(value: Optional[float]) -> Optional[float]:
-    return None if value is None else round(value, 3)
+def emit_final(emitter: Emitter, utterance_id: int, result, start_sample: int, timing: dict,
+               latency_ms: Optional[float], speculative: bool) -> None:
+    """An utterance's final (tokens moved to stream seconds), then its emotion and language; logged once."""
+    offset = start_sample / RATE
+    result = dataclasses.replace(result, tokens=[dataclasses.replace(t, start=t.start + offset, end=t.end + offset)
+                                                 for t in result.tokens])
+    # Fields operators query in the journal; the text goes only in TEXT (dropped unless log_text).
+    log.info("final of utterance %s: %s ms after end of speech, decode %.0f ms", utterance_id, latency_ms,
+             timing["decode_ms"],
+             extra={"EVENT": "final", "UTTERANCE_ID": utterance_id, "LATENCY_MS": latency_ms,
+                    "DECODE_MS": round(timing["decode_ms"], 1), "LANGUAGE": result.language,
+                    "EMOTION": result.emotion, "TEXT": result.text})
+    emitter.emit(Final(utterance_id, result, **timing, endpoint_delay_ms=latency_ms, speculative=speculative))
+    if result.text:  # an utterance with no words says nothing about mood or language
+        emitter.emit(Emotion(utterance_id, result.emotion, result.emotion_scores, result.confidence))
+        emitter.emit(Language(utterance_id, result.language, result.language_scores, result.confidence))
 
 
 def _ms(seconds: Optional[float]) -> Optional[float]:

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from typing import List, Optional, Protocol, Sequence
+from typing import List, Optional, Protocol, Sequence, Union
 
 import numpy as np
 
@@ -29,7 +29,8 @@ class Recognizer(Protocol):
     def recognize(self, samples: np.ndarray, options: Optional[DecodeOptions] = None,
                   offset: float = 0.0, cancel: Optional[CancelToken] = None) -> Recognition: ...
 
-    def recognize_batch(self, segments: Sequence[np.ndarray], options: Optional[DecodeOptions] = None,
+    def recognize_batch(self, segments: Sequence[np.ndarray],
+                        options: Union[DecodeOptions, Sequence[Optional[DecodeOptions]], None] = None,
                         offsets: Optional[Sequence[float]] = None,
                         cancel: Optional[CancelToken] = None) -> List[Recognition]: ...
 

@@ -59,19 +59,20 @@ class Decoder:
     def decode(self, logits: np.ndarray, options: DecodeOptions, duration: float,
                offset: float = 0.0) -> Recognition:
         """logits: (frames, vocab) for one utterance, already cut to its true length."""
-        language, language_scores = self._language(logits[LANGUAGE_FRAME], options)
+        token_ids, tokens, confidence = self._text(logits[PROMPT_FRAMES:], offset)
+        text = self.vocab.detokenize(token_ids)
+        language, language_scores = self._language(logits[LANGUAGE_FRAME], options, bool(text))
         emotion, emotion_scores = self._emotion(logits[EMOTION_FRAME], options)
         event, event_scores = _pick(self.events, logits[EVENT_FRAME], self.events.labels)
-        token_ids, tokens, confidence = self._text(logits[PROMPT_FRAMES:], offset)
         return Recognition(
-            text=self.vocab.detokenize(token_ids),
+            text=text,
             language=language, language_scores=language_scores,
             emotion=emotion, emotion_scores=emotion_scores,
             event=event, event_scores=event_scores,
             confidence=confidence, tokens=tokens, duration=duration,
         )
 
-    def _language(self, frame, options: DecodeOptions):
+    def _language(self, frame, options: DecodeOptions, has_text: bool):
         if options.language != "auto":
             # The prompt fixed the language; the scores still say how sure the model is of it.
             _, scores = _pick(self.languages, frame, self.languages.labels)
@@ -80,7 +81,14 @@ class Decoder:
         if "nospeech" in self.languages.labels and "nospeech" not in allowed:
             allowed.append("nospeech")
         allowed = [label for label in allowed if label in self.languages.labels]
-        return _pick(self.languages, frame, allowed)
+        label, scores = _pick(self.languages, frame, allowed)
+        if has_text and label == "nospeech":
+            # Words were heard: they are in some language. Seen with allowed_languages [zh, ja] on
+            # English speech, where nospeech outscored both allowed languages.
+            spoken = {k: v for k, v in scores.items() if k != "nospeech"}
+            if spoken:
+                label = max(spoken, key=spoken.get)
+        return label, scores
 
     def _emotion(self, frame, options: DecodeOptions):
         labels = [label for label in self.emotions.labels
@@ -141,8 +149,11 @@ def _top_posteriors(logits: np.ndarray, frames: np.ndarray, best: np.ndarray) ->
     return out
 
 
-def decode_batch(decoder: Decoder, logits: np.ndarray, lengths: Sequence[int], options: DecodeOptions,
-                 durations: Sequence[float], offsets: Optional[Sequence[float]] = None) -> List[Recognition]:
+def decode_batch(decoder: Decoder, logits: np.ndarray, lengths: Sequence[int],
+                 options: "DecodeOptions | Sequence[DecodeOptions]", durations: Sequence[float],
+                 offsets: Optional[Sequence[float]] = None) -> List[Recognition]:
+    """Each item's Recognition, with its own options (one DecodeOptions for all, or one per item)."""
     offsets = offsets or [0.0] * len(lengths)
-    return [decoder.decode(logits[i, : int(n)], options, durations[i], offsets[i])
+    per_item = [options] * len(lengths) if isinstance(options, DecodeOptions) else list(options)
+    return [decoder.decode(logits[i, : int(n)], per_item[i], durations[i], offsets[i])
             for i, n in enumerate(lengths)]

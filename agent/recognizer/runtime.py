@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import List, NamedTuple, Optional
 
-from agent.errors import ModelError
+from agent.errors import ConfigError, ModelError, UnavailableError
 from agent.recognizer import ort_cache
 from agent.settings import RecognizerSettings
 
@@ -53,8 +53,8 @@ def import_onnxruntime():
     try:
         import onnxruntime
     except ImportError as exc:
-        raise ModelError("ONNX Runtime is not installed: pip install 'stt-agent[cpu]' (or 'stt-agent[gpu]' on a "
-                         f"CUDA/Jetson box) ({exc})") from None
+        raise UnavailableError("ONNX Runtime is not installed: pip install 'stt-agent[cpu]' (or 'stt-agent[gpu]' "
+                               f"on a CUDA/Jetson box) ({exc})") from None
     return onnxruntime, (runtimes[0] if runtimes else f"onnxruntime {onnxruntime.__version__}")
 
 
@@ -117,8 +117,9 @@ def create_session(path: Path, settings: RecognizerSettings) -> Session:
             log.warning("provider %s is not in this ONNX Runtime build (%s offers %s); trying the next one",
                         name, package, ", ".join(available))
     if not chain:
-        raise ModelError(f"none of the configured providers ({', '.join(settings.providers)}) is available in "
-                         f"{package}; add cpu to recognizer.providers or install 'stt-agent[gpu]'")
+        raise ConfigError(f"recognizer.providers: none of {', '.join(settings.providers)} is available in {package} "
+                          f"(it offers {', '.join(available)}); add cpu to recognizer.providers, or install "
+                          "'stt-agent[gpu]' for cuda/tensorrt")
     options = ort.SessionOptions()
     options.intra_op_num_threads = settings.cpu.threads
     options.inter_op_num_threads = 1

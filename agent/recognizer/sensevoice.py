@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -81,16 +81,29 @@ class SenseVoiceRecognizer:
         """One utterance: float samples at 16 kHz on the int16 scale."""
         return self.recognize_batch([samples], options, [offset], cancel)[0]
 
-    def recognize_batch(self, segments: Sequence[np.ndarray], options: Optional[DecodeOptions] = None,
+    def recognize_batch(self, segments: Sequence[np.ndarray],
+                        options: Union[DecodeOptions, Sequence[Optional[DecodeOptions]], None] = None,
                         offsets: Optional[Sequence[float]] = None,
                         cancel: Optional[CancelToken] = None) -> List[Recognition]:
-        """Several utterances in one session run (zero-padded, with true lengths)."""
-        options = options or self.defaults
-        logits, lengths = self.logits(segments, options, cancel)
-        durations = [len(s) / SAMPLE_RATE for s in segments]
-        return decode_batch(self.decoder, logits, lengths, options, durations, offsets)
+        """Several utterances in one session run (zero-padded, with true lengths).
 
-    def logits(self, segments: Sequence[np.ndarray], options: DecodeOptions, cancel: Optional[CancelToken] = None):
+        `options`: one for all, or one per segment (None: the defaults) — each item gets its own
+        language and ITN prompt, so streams with different settings share a batch.
+        """
+        per_item = self._per_item(options, len(segments))
+        logits, lengths = self.logits(segments, per_item, cancel)
+        durations = [len(s) / SAMPLE_RATE for s in segments]
+        return decode_batch(self.decoder, logits, lengths, per_item, durations, offsets)
+
+    def _per_item(self, options, n: int) -> List[DecodeOptions]:
+        if options is None or isinstance(options, DecodeOptions):
+            return [options or self.defaults] * n
+        if len(options) != n:
+            raise ValueError(f"{len(options)} options for {n} segments")
+        return [o or self.defaults for o in options]
+
+    def logits(self, segments: Sequence[np.ndarray], options: Union[DecodeOptions, Sequence[DecodeOptions]],
+               cancel: Optional[CancelToken] = None):
         """Raw model output (batch, frames, vocab) and each item's valid frame count (prompts included)."""
         features = [self.frontend.features(s) for s in segments]
         lengths = np.array([f.shape[0] for f in features])
@@ -100,15 +113,15 @@ class SenseVoiceRecognizer:
             batch = np.zeros((len(features), lengths.max(), features[0].shape[1]), np.float32)
             for i, f in enumerate(features):
                 batch[i, : f.shape[0]] = f
-        n = len(features)
-        language = self.contract.language_ids[options.language]
-        text_norm = self.contract.itn_ids[0 if options.use_itn else 1]
+        per_item = self._per_item(options, len(features))
+        language = [self.contract.language_ids[o.language] for o in per_item]
+        text_norm = [self.contract.itn_ids[0 if o.use_itn else 1] for o in per_item]
         io, types = self._io, self._int_types
         feed = {
             io["features"]: batch,
             io["lengths"]: lengths.astype(types["lengths"]),
-            io["language"]: np.full(n, language, types["language"]),
-            io["text_norm"]: np.full(n, text_norm, types["text_norm"]),
+            io["language"]: np.asarray(language, types["language"]),
+            io["text_norm"]: np.asarray(text_norm, types["text_norm"]),
         }
         if cancel is None:
             (logits,) = self._session.run([io["logits"]], feed)

@@ -1,0 +1,211 @@
+"""`stt-agent run`: the one place the parts are put together.
+
+    Agent(settings, ...).run()
+        logging, signals, watchdog       how it is run and watched (systemd or not)
+        sinks                            JSON lines on stdout and/or MQTT (credentials read now)
+        recognizer                       the model, loaded and warm
+        stream                           audio source -> VAD -> segmenter -> scheduler -> events
+        listen                           READY=1, then until the input ends or SIGTERM
+        shut down                        pending finals drained, sinks closed, offline published
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import Callable, Optional
+
+from agent.errors import EXIT_BROKEN_PIPE, EXIT_FAILED, EXIT_OK, AgentError
+from agent.events import Emitter, new_session
+
+log = logging.getLogger(__name__)
+
+
+class Agent:
+    """One run of the listening agent.
+
+    settings: validated Settings (command-line flags applied).
+    config_path: the file they came from (None: built-in defaults), for the log.
+    events_to_stdout: write events as JSON lines on stdout (besides MQTT, if that is enabled).
+    reload_settings: reads the settings again on SIGHUP (None: SIGHUP only re-applies logging).
+    """
+
+    def __init__(self, settings, *, config_path: Optional[str] = None, events_to_stdout: bool = True,
+                 verbose: int = 0, reload_settings: Optional[Callable[[], object]] = None):
+        self.settings = settings
+        self.config_path = config_path
+        self.events_to_stdout = events_to_stdout
+        self.verbose = verbose
+        self.reload_settings = reload_settings
+        self.stop = threading.Event()
+        self.session = new_session()
+        self.watchdog = self.progress = self.publisher = self.recognizer = self.pipeline = None
+        self.emitter: Optional[Emitter] = None
+        self._stdout_closed = False
+
+    # ------------------------------------------------------------------ the table of contents
+    def run(self) -> int:
+        self._check_input()
+        self._setup_logging()
+        self._start_watchdog()
+        self._install_signal_handlers()
+        self._open_sinks()
+        self._load_recognizer()
+        self._open_stream()
+        try:
+            drained = self._listen()
+        finally:
+            self._shut_down()
+        if self._stdout_closed:
+            return EXIT_BROKEN_PIPE
+        return EXIT_OK if drained else EXIT_FAILED
+
+    # ------------------------------------------------------------------ the parts, in order
+    def _check_input(self):
+        source = self.settings.audio.input
+        if source not in ("mic", "-") and not os.path.exists(source):
+            from agent.audio_file import AudioFileError
+
+            raise AudioFileError(f"{source}: no such file")  # before a model load of seconds
+
+    def _setup_logging(self):
+        from agent.service import enable_fault_handler, setup_logging
+
+        setup_logging(self.settings.logging, self.verbose)
+        enable_fault_handler()
+        log.info("configuration: %s", self.config_path or "built-in defaults (no config file found)",
+                 extra={"EVENT": "config", "CONFIG": self.config_path or "defaults"})
+        if not self.events_to_stdout and not self.settings.mqtt.enabled:
+            log.warning("events go nowhere: mqtt.enabled is false and standard output is the journal, which "
+                        "keeps no speech events; enable mqtt, or pass --events - to write them to stdout anyway",
+                        extra={"EVENT": "no_sink"})
+
+    def _start_watchdog(self):
+        from agent.service import Progress, Watchdog
+
+        self.progress = Progress()
+        self.watchdog = Watchdog.from_settings(self.progress, self.settings.watchdog, status=self._status)
+        self.watchdog.start()  # pings while the model loads; READY only once it is warm and the source is open
+        if "tensorrt" in self.settings.recognizer.providers:
+            self.watchdog.extend_startup(600)  # a first TensorRT engine build takes minutes
+
+    def _install_signal_handlers(self):
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: (self.stop.set(), self.watchdog.stopping()))
+        signal.signal(signal.SIGHUP, lambda *_: self._reload())
+
+    def _open_sinks(self):
+        """Sinks before the model: a bad password file or TLS file is an error in milliseconds."""
+        from agent.mqtt.topics import device_id_of
+        from agent.sinks import JsonLinesSink
+
+        self.emitter = Emitter(device_id_of(self.settings.mqtt), self.session)
+        if self.events_to_stdout:
+            self.emitter.sinks.append(JsonLinesSink(sys.stdout, on_closed=self._stdout_gone))
+        if self.settings.mqtt.enabled:
+            from agent.mqtt.publisher import MqttPublisher
+
+            self.publisher = MqttPublisher(self.settings.mqtt, health=self._health, on_command=self._command,
+                                           emitter=self.emitter)
+            self.emitter.sinks.append(self.publisher)
+
+    def _load_recognizer(self):
+        from agent.recognizer import load_recognizer
+
+        self.recognizer = load_recognizer(self.settings.recognizer)
+
+    def _open_stream(self):
+        from agent.listening import Segmenter, load_vad
+
+        s = self.settings
+        segmenter = Segmenter.from_settings(load_vad(s.vad), s.segmenter, s.vad)
+        if not s.audio.realtime and os.path.isfile(s.audio.input):
+            from agent.pipeline.offline import OfflinePipeline  # a file read flat out: transcribe's batches
+
+            self.pipeline = OfflinePipeline(s.audio.input, segmenter, self.recognizer, self.emitter, s.pipeline,
+                                            s.offline, progress=self.progress)
+            return
+        from agent.audio import open_source
+        from agent.pipeline.live import LivePipeline
+
+        self.pipeline = LivePipeline(open_source(s.audio), segmenter, self.recognizer, self.emitter, s.pipeline,
+                                     progress=self.progress)
+
+    def _listen(self) -> bool:
+        if self.publisher is not None:
+            self.publisher.start()
+        return self.pipeline.run(self.stop, on_started=self._ready)  # READY=1: model warm and source open
+
+    def _ready(self):
+        provider = self.recognizer.info["provider"]
+        log.info("listening on %s", self.settings.audio.input, extra={"EVENT": "ready", "PROVIDER": provider})
+        self.watchdog.ready(f"listening on {self.settings.audio.input} with {provider}")
+
+    def _shut_down(self):
+        for sink in self.emitter.sinks if self.emitter else ():
+            sink.close()
+        if self.watchdog is not None:
+            self.watchdog.stop()
+
+    # ------------------------------------------------------------------ while running
+    def _stdout_gone(self):
+        """`stt-agent run | head`: the reader left; stop as a shell pipeline expects."""
+        self._stdout_closed = True
+        self.stop.set()
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # or the exit-time flush fails again
+
+    def _status(self) -> dict:
+        pipeline = self.pipeline
+        status = {"provider": self.recognizer.info["provider"] if self.recognizer else None,
+                  "utterances": pipeline.utterances if pipeline else 0,
+                  "last_latency_ms": pipeline.last_latency_ms if pipeline else None}
+        if self.publisher is not None:
+            status["broker"] = self.publisher.connected
+        return status
+
+    def _health(self) -> dict:
+        stats = self.pipeline.source.stats()
+        info = self.recognizer.info
+        return {"provider": info["provider"], "model": info["model_dir"], "model_file": info["model_file"],
+                "overflows": stats.overflows, "samples_lost": stats.lost_samples,
+                "audio_device": {"state": stats.state, "name": stats.device}, "muted": self.pipeline.muted}
+
+    def _command(self, command: dict):
+        """An MQTT command, validated (agent/mqtt/commands.py); runs on the publisher's command thread."""
+        name = command["command"]
+        if name in ("mute", "unmute"):
+            self.pipeline.muted = name == "mute"
+        elif name == "clear_language":
+            self.pipeline.options = None
+        elif name == "set_language":
+            self.pipeline.options = self.recognizer.options(
+                language=command.get("language", "auto"),
+                allowed_languages=tuple(command.get("allowed_languages", ())))
+
+    def _reload(self):
+        """SIGHUP: apply what is safe to change live (the log level); name what needs a restart."""
+        from agent.service import setup_logging
+
+        self.watchdog.reloading("reloading configuration")
+        try:
+            fresh = self.reload_settings() if self.reload_settings is not None else self.settings
+        except AgentError as exc:
+            log.error("reload: configuration rejected, keeping the running one: %s", exc, extra={"EVENT": "reload"})
+            self.watchdog.ready("reload rejected: configuration invalid")
+            return
+        running = self.settings
+        running.logging = fresh.logging
+        setup_logging(fresh.logging, self.verbose)
+        changed = [f.name for f in dataclasses.fields(fresh)
+                   if f.name != "logging" and getattr(fresh, f.name) != getattr(running, f.name)]
+        if changed:
+            log.warning("reload: log level applied; changes to %s need a restart (systemctl restart stt-agent)",
+                        ", ".join(changed), extra={"EVENT": "reload"})
+        else:
+            log.info("reload: log level applied", extra={"EVENT": "reload"})
+        self.watchdog.ready("configuration reloaded")
+

@@ -1,0 +1,171 @@
+"""`stt-agent transcribe`: files of any length, each to its outputs.
+
+A file no longer than segmenter.max_utterance_s is decoded in one pass, exactly as always. A longer
+one is read a second at a time, cut into utterances by the live pipeline's VAD and segmenter (on a
+thread of its own), decoded in batches, and written out as it goes: memory does not grow with the
+length of the file, and attention cost stays that of one utterance (a whole 9-minute file in one
+pass took 291 s and 4.9 GB; a 2-hour one ran out of memory).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, List, Optional, TextIO
+
+from agent.audio_file import AudioFileError, WavFile, resample
+from agent.offline.batches import decode_in_batches
+from agent.offline.segments import RATE, SegmentReader
+from agent.offline.transcript import WRITERS, TimedText, place, segment_dict, whole
+
+
+@dataclass
+class Outputs:
+    """What to write for each file, and where."""
+
+    format: str = "text"  # text | json | srt | vtt | tsv | txt
+    tokens: bool = False
+    segments: bool = False  # a JSON line per segment as soon as it is decoded
+    output_dir: Optional[Path] = None
+    stdout: TextIO = field(default_factory=lambda: sys.stdout)
+
+
+class Progress:
+    """Percent of the audio, speed and time left on stderr: one line rewritten in place on a terminal,
+    a line every 5 s otherwise (a log file keeps them all)."""
+
+    def __init__(self, stream: Optional[TextIO]):
+        self._stream = stream
+        self._tty = stream is not None and stream.isatty()
+        self._interval = 0.5 if self._tty else 5.0
+        self._shown = 0.0
+
+    def update(self, name: str, done_s: float, total_s: float, started: float, force: bool = False):
+        if self._stream is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._shown < self._interval:
+            return
+        self._shown = now
+        elapsed = max(1e-6, now - started)
+        speed = done_s / elapsed
+        eta = (total_s - done_s) / speed if speed > 0 else 0.0
+        pct = 100.0 * done_s / total_s if total_s else 100.0
+        line = f"{name}: {pct:3.0f}% {done_s:.0f}/{total_s:.0f} s of audio, {speed:.1f}x real time, {eta:.0f} s left"
+        self._stream.write(f"\r{line} " if self._tty else f"{line}\n")
+        self._stream.flush()
+
+    def done(self):
+        if self._stream is not None and self._shown and self._tty:
+            self._stream.write("\n")
+            self._stream.flush()
+        self._shown = 0.0
+
+
+@dataclass
+class FileResult:
+    path: str
+    whole: object  # Recognition of the whole file
+    parts: List[TimedText]
+    decode_ms: float
+    segmented: bool
+
+
+class Transcriber:
+    """Transcribes files with one loaded recognizer; `load()` gives the recognizer (it may still be loading)."""
+
+    def __init__(self, load: Callable[[], object], settings, outputs: Outputs, *, batch_size: int = 0,
+                 progress: Optional[TextIO] = None):
+        self._load = load
+        self.settings = settings  # Settings: segmenter, vad, offline
+        self.outputs = outputs
+        self.batch_size = batch_size
+        self.progress = Progress(progress)
+
+    def transcribe(self, path: str) -> FileResult:
+        """One file, written to its outputs; AudioFileError for a file that cannot be read."""
+        started = time.perf_counter()
+        with WavFile(path) as wav:
+            recognizer = self._load()
+            if wav.duration <= self.settings.segmenter.max_utterance_s:
+                samples = resample(wav.read_all(), wav.rate, RATE)
+                started = time.perf_counter()  # a short file's decode_ms is the model's time, as it always was
+                result = recognizer.recognize(samples)
+                parts = [place(result, 0.0, len(samples) / RATE)]
+                self._stream_segment(path, parts[0])
+                result_whole, segmented = result, False
+            else:
+                parts = self._segmented(path, wav, recognizer)
+                result_whole, segmented = whole(parts, wav.duration), True
+        record = FileResult(path, result_whole, parts, (time.perf_counter() - started) * 1000, segmented)
+        self._write(record)
+        return record
+
+    def _segmented(self, path: str, wav: WavFile, recognizer) -> List[TimedText]:
+        from agent.listening import Segmenter, load_vad
+
+        s = self.settings
+        segmenter = Segmenter.from_settings(load_vad(s.vad), s.segmenter, s.vad)
+        batch = self.batch_size or s.offline.resolved_batch_size(recognizer.info["provider"])
+        reader = SegmentReader(wav, segmenter, queue_segments=max(8, 4 * batch))
+        parts: List[TimedText] = []
+        started = time.monotonic()
+        name = os.path.basename(path)
+        try:
+            for decoded in decode_in_batches(recognizer, reader, batch_size=batch,
+                                             max_batch_seconds=s.offline.max_batch_seconds):
+                segment = decoded.segment
+                part = place(decoded.result, segment.start / RATE, segment.end / RATE)
+                parts.append(part)
+                self._stream_segment(path, part)
+                self.progress.update(name, segment.end / RATE, wav.duration, started)
+        finally:
+            reader.abandon()
+            reader.join()  # before the file closes under it
+        self.progress.update(name, wav.duration, wav.duration, started, force=True)
+        self.progress.done()
+        return parts
+
+    # ------------------------------------------------------------------ outputs
+    def _stream_segment(self, path: str, part: TimedText):
+        if self.outputs.segments:
+            line = json.dumps({"file": path, **segment_dict(part, self.outputs.tokens)}, ensure_ascii=False)
+            self.outputs.stdout.write(line + "\n")
+            self.outputs.stdout.flush()
+
+    def _write(self, r: FileResult):
+        out = self.outputs
+        if out.format == "text":
+            self._write_text(r)
+            return
+        if out.format == "json":
+            body = {"file": r.path, **r.whole.to_dict(tokens=True), "decode_ms": round(r.decode_ms, 1),
+                    "segments": [segment_dict(p, out.tokens) for p in r.parts]}
+            text = json.dumps(body, ensure_ascii=False) + "\n"
+        else:
+            text = WRITERS[out.format](r.parts)
+        if out.output_dir is not None:
+            target = out.output_dir / f"{Path(r.path).stem}.{out.format}"
+            tmp = target.with_name(f".{target.name}.tmp")
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, target)  # a reader never sees half a file
+        else:
+            out.stdout.write(text)
+            out.stdout.flush()
+
+    def _write_text(self, r: FileResult):
+        w = r.whole
+        stdout = self.outputs.stdout
+        stdout.write(f"{r.path}: [{w.language} {w.emotion} {w.event} conf={w.confidence:.2f} {r.decode_ms:.0f} ms] "
+                     f"{w.text}\n")
+        if self.outputs.tokens:
+            for token in w.tokens:
+                stdout.write(f"  {token.start:7.2f} {token.end:7.2f}  {token.prob:.2f}  {token.text}\n")
+        stdout.flush()
+
+
+__all__ = ["AudioFileError", "Outputs", "Transcriber"]
