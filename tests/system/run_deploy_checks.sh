@@ -4,10 +4,11 @@
 # Each check prints PASS, or FAIL with the reason and stops; what this machine cannot do prints
 # SKIP with the reason. Runs as root on a Debian/Ubuntu machine; installs what it needs with apt.
 #
-#   tests/system/run_deploy_checks.sh [--only systemd|container] [--keep] [--soak SECONDS] [--model DIR]
+#   tests/system/run_deploy_checks.sh [--only systemd|container] [--keep] [--starts N] [--soak SECONDS] [--model DIR]
 #
 #   --only      run one of the two parts
 #   --keep      keep the work directory, the images and the container root (debugging)
+#   --starts N  systemd part: start the service N times, report the median time to READY (benchmarks)
 #   --soak S    systemd part: feed speech for S seconds before stopping and report the RSS (benchmarks)
 #   --model D   systemd part: this model directory instead of the tiny test model (benchmarks)
 # Environment:
@@ -19,14 +20,15 @@ set -euo pipefail
 # shellcheck source=tests/system/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-ONLY="" KEEP=0 SOAK=0 MODEL=""
+ONLY="" KEEP=0 STARTS=1 SOAK=0 MODEL=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --only) ONLY=${2:?--only needs systemd or container}; shift ;;
     --keep) KEEP=1 ;;
+    --starts) STARTS=${2:?--starts needs a number}; shift ;;
     --soak) SOAK=${2:?--soak needs seconds}; shift ;;
     --model) MODEL=$(cd "${2:?--model needs a directory}" && pwd); shift ;;
-    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run_deploy_checks.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -100,7 +102,7 @@ fi
 T_SYSTEMD="-" T_CONTAINER="-"
 if [ "$RUN_SYSTEMD" = 1 ]; then
   t=$(now)
-  args=(--base "$BASE" --work "$WORK/systemd" --python "$PY" --soak "$SOAK")
+  args=(--base "$BASE" --work "$WORK/systemd" --python "$PY" --starts "$STARTS" --soak "$SOAK")
   [ -z "$MODEL" ] || args+=(--model "$MODEL")
   [ "$KEEP" = 0 ] || args+=(--keep)
   bash "$SYSTEM_DIR/check_systemd_service.sh" "${args[@]}"
