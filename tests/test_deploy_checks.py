@@ -69,3 +69,14 @@ def test_finals_must_match_the_broker(tmp_path, capsys):
     with pytest.raises(SystemExit):
         check(tmp_path, good(), finals=2)
     assert "1 EVENT=final entries in the journal, but 2 finals reached the broker" in capsys.readouterr().err
+
+
+def test_ready_gating(tmp_path, capsys):
+    """Active only after the model load was logged: Type=notify. Active at fork, before it: not gated."""
+    path = tmp_path / "journal.json"
+    path.write_text("".join(json.dumps(dict(e, _SYSTEMD_INVOCATION_ID="inv")) + "\n" for e in good()))
+    deploy_checks.ready(str(path), "inv", exec_start=500_000, active_enter=1_210_000)
+    assert "model loaded 0.60 s -> active (READY=1) 0.71 s" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        deploy_checks.ready(str(path), "inv", exec_start=500_000, active_enter=510_000)
+    assert "not gated on READY=1" in capsys.readouterr().err

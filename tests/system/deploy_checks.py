@@ -143,12 +143,13 @@ def ready(path: str, invocation: str, exec_start: int, active_enter: int) -> Non
     With Type=simple it would be active right at fork (before the config and the model were read).
     """
     entries = [e for e in load(path) if e.get("_SYSTEMD_INVOCATION_ID") == invocation and e.get("_PID") != "1"]
-    loaded = [e for e in entries if "loaded on" in text(e.get("MESSAGE", ""))]
+    config = [e for e in entries if e.get("EVENT") == "config"]  # the first record, before the model load
+    loaded = [e for e in entries if "loaded on" in text(e.get("MESSAGE", ""))] or config
     marks = [e for e in entries if e.get("EVENT") == "ready"]
-    if not loaded or not marks:
-        die(f"invocation {invocation}: no model-loaded or EVENT=ready record in the journal")
+    if not config or not marks:
+        die(f"invocation {invocation}: no EVENT=config or EVENT=ready record in the journal")
     loaded_at, ready_at = int(loaded[0]["__MONOTONIC_TIMESTAMP"]), int(marks[0]["__MONOTONIC_TIMESTAMP"])
-    if not exec_start < loaded_at < active_enter:
+    if not exec_start < int(config[0]["__MONOTONIC_TIMESTAMP"]) <= loaded_at < active_enter:
         die(f"the unit was active {(active_enter - exec_start) / 1e3:.0f} ms after its start, before the model "
             f"load was logged ({(loaded_at - exec_start) / 1e3:.0f} ms): not gated on READY=1")
     # The record is sent just before READY=1; journald may stamp it a little after systemd handles READY.
