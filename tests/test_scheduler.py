@@ -361,3 +361,17 @@ def test_partials_of_several_streams_are_paced_per_stream(shared):
         out.wait_for(1)
     assert sorted(len(run) for run in decoder.runs) in ([1, 1], [2])
     assert all(lane.partial_due() for lane in lanes)  # interval 0 and a quick decode: due again
+
+
+def test_no_partial_is_published_once_its_utterance_has_ended(parts):
+    """speech_end is published right after end(): a partial finishing meanwhile must not follow it."""
+    scheduler, decoder, out = parts
+    scheduler.request_partial(1, audio(100), 100)
+    decoder.wait_started()
+    scheduler.end(1)  # the pipeline publishes speech_end now
+    decoder.release()
+    scheduler.request_final(1, audio(300), 300)
+    decoder.wait_started()
+    decoder.release()
+    (done,) = out.wait_for(1)
+    assert done.kind == FINAL and scheduler.skipped_partials == 1

@@ -36,7 +36,7 @@ class Segmenter:
     """
 
     def __init__(self, vad: Vad, settings: SegmenterSettings | None = None, *, threshold: float = 0.5,
-                 negative_threshold: float | None = None, start_sample: int = 0):
+                 negative_threshold: float | None = None, start_sample: int = 0, first_utterance_id: int = 1):
         s = settings or SegmenterSettings()
         self._vad = vad
         self._frame = vad.frame_samples
@@ -55,13 +55,18 @@ class Segmenter:
         capacity = max(self._max_len, self._pre_roll + self._lookback + self._min_speech) + 2 * self._frame
         self._history = AudioHistory(capacity, start_sample)
         self._seq = 0
-        self._next_id = 1
+        self._next_id = first_utterance_id  # a device that reconnects goes on counting
         self._reset_stream(start_sample)
 
     @classmethod
-    def from_settings(cls, vad: Vad, settings: SegmenterSettings, vad_settings) -> Segmenter:
+    def from_settings(cls, vad: Vad, settings: SegmenterSettings, vad_settings, first_utterance_id: int = 1) -> Segmenter:
         return cls(vad, settings, threshold=vad_settings.threshold,
-                   negative_threshold=vad_settings.effective_negative_threshold())
+                   negative_threshold=vad_settings.effective_negative_threshold(),
+                   first_utterance_id=first_utterance_id)
+
+    @property
+    def next_utterance_id(self) -> int:
+        return self._next_id
 
     # ---- input ----
 

@@ -23,6 +23,10 @@ class LatencyWindow:
             self._samples.append(float(value))
             self.count += 1
 
+    def values(self) -> list:
+        with self._lock:
+            return list(self._samples)
+
     def percentile(self, p: float) -> float | None:
         with self._lock:
             data = sorted(self._samples)

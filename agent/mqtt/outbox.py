@@ -91,8 +91,8 @@ class Outbox:
 
     def remaining_expiry(self, message: Message, expiry_s: int, now: float | None = None) -> int | None:
         """Whole seconds of life left (>= 1), None if it never expires, 0 if it already has (counted)."""
-        if not expiry_s or not message.queued:
-            return None
+        if not expiry_s or not message.queued or message.retain:
+            return None  # a retained status must outlive any expiry: it is the last word on the device
         age = (time.monotonic() if now is None else now) - message.created
         if age >= expiry_s:
             with self._lock:

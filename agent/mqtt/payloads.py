@@ -14,7 +14,7 @@ from agent.mqtt.topics import HERMES_PARTIAL, HERMES_TEXT, Topics
 from agent.wire import SCHEMA_VERSION, body, dumps  # noqa: F401 - SCHEMA_VERSION: the health message's too
 
 # Kinds that wait in the outbox through an outage; everything else is dropped while disconnected.
-QUEUED_KINDS = ("final", "emotion", "language", "vad", "error", "reply", "hermes_text")
+QUEUED_KINDS = ("final", "emotion", "language", "vad", "error", "reply", "hermes_text", "status")
 _LANE = {"final": "final", "partial": "partial", "emotion": "emotion", "language": "language",
          "speech_start": "vad", "speech_end": "vad", "error": "error"}
 

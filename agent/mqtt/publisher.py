@@ -48,7 +48,7 @@ from agent.mqtt.connection import describe_reason, diagnose, hint_for, make_clie
 from agent.mqtt.discovery import discovery_messages
 from agent.mqtt.health import LatencyWindow, RateLimitedLog, SpeechHealth
 from agent.mqtt.outbox import Outbox
-from agent.mqtt.payloads import SCHEMA_VERSION, EventMapper, dumps
+from agent.mqtt.payloads import SCHEMA_VERSION, EventMapper, Message, dumps
 from agent.mqtt.topics import Topics, client_id_of, device_id_of
 
 log = logging.getLogger("agent.mqtt")
@@ -217,6 +217,14 @@ class MqttPublisher:
     def error(self, code: str, message: str, *, source: str = "agent", **extra):
         """Report on the error topic (through the emitter: every sink sees it, in seq order)."""
         self.emitter.emit(Problem(source, code, message, **extra))
+
+    def device_status(self, device_id: str, state: str):
+        """A network device's retained status (online while it streams, offline after): queued like a final,
+        so a subscriber always ends up with the last word. The agent's own status is its Last Will."""
+        topic = Topics(self.settings.topic_prefix, device_id).status
+        with self._map_lock:
+            self._enqueue(Message("status", topic, state.encode(), self.settings.qos.status, retain=True))
+        self._wake.set()
 
     def request_health(self):
         """Publish health now (also done every health_interval_s and on the `health` command)."""

@@ -126,6 +126,7 @@ class LivePipeline:
             speech_end = self._silence_at.pop(event.utterance_id, event.end_sample)
             if event.reason != "endpoint":
                 speech_end = event.end_sample  # cut or end of input: no silence was heard
+            self.scheduler.end(event.utterance_id)  # no partial of it may follow its speech_end
             self.emitter.emit(SpeechEnded(event.utterance_id, *self._vad_times(event.end_sample,
                                                                               event.detected_sample),
                                           reason=event.reason))

@@ -251,6 +251,9 @@ class Lane:
         self._ended: set = set()  # utterances whose final was requested: their partials are stale
         self._next_partial_at = 0.0
         self._closed = False
+        # Held while a partial is checked against _ended and published, and while an utterance is
+        # marked ended: a partial can then never be published after its utterance's speech_end.
+        self._emit_lock = threading.Lock()
         self.skipped_partials = 0
         self.cancelled_partials = 0
         self.cancelled_speculative = 0
@@ -293,6 +296,14 @@ class Lane:
             if (run is not None and run.kind == SPECULATIVE and len(run.jobs) == 1
                     and run.jobs[0].lane is self and run.jobs[0].utterance_id == utterance_id):
                 run.cancel.cancel()  # its result would be dropped; the model is needed for the next one
+
+    def end(self, utterance_id: int):
+        """The utterance is over (call before publishing its speech_end): no partial of it is published
+        after this returns."""
+        with self._emit_lock, self._cond:
+            self._drop_partials(utterance_id)
+            self._ended.add(utterance_id)
+            self._ended.discard(utterance_id - 100)  # keep the set small; ids only grow
 
     def request_final(self, utterance_id: int, audio: np.ndarray, end_sample: int, start_sample: int = 0):
         """The endpoint: publish the speculative result if it covers all speech, else decode now."""
@@ -378,10 +389,14 @@ class Lane:
 
     def _deliver(self, job: Job, done: Done):
         if job.kind == PARTIAL:
-            with self._cond:
-                if job.utterance_id in self._ended or self._closed:
-                    self.skipped_partials += 1  # decoded while the utterance ended: a final follows
-                    return
+            with self._emit_lock:
+                with self._cond:
+                    stale = job.utterance_id in self._ended or self._closed
+                    if stale:
+                        self.skipped_partials += 1  # decoded while the utterance ended: a final follows
+                if not stale:
+                    self._safe_emit(done)
+            return
         if job.kind != SPECULATIVE:
             if job.kind == FINAL:
                 done.endpoint_wait_ms = (time.monotonic() - job.submitted) * 1000

@@ -1,0 +1,219 @@
+#!/usr/bin/env python3
+"""How many real-time device streams one box holds: `stt-agent serve` under N simulated devices.
+
+Each device streams its own conversation (espeak-ng sentences, English and Mandarin, with
+0.6-2.5 s pauses) at real-time pace in 100 ms frames over WebSocket, starts staggered over the
+first seconds. Measured at the client: end of speech (the sentence's last sample, sent at its
+real-time instant) -> final received, p50/p95; finals lost (an utterance the server ended,
+speech_end, without its final; or a sentence no final covers); partials per utterance. Measured
+on the server process: CPU (utime + stime over wall) and peak RSS.
+
+    python scripts/bench_streams.py --model /tmp/sv --threads 2 --streams 1,2,4,8,16,24,32
+    python scripts/bench_streams.py --model /tmp/sv --streams 20 --batch-sizes 1,4   # batching off vs on
+
+The model is the full-size architecture with random weights (scripts/export_onnx.py --random-init):
+real compute, meaningless text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+from bench_longform import synthesize  # noqa: E402 - the same espeak-ng sentence pool
+
+SR = 16000
+FRAME = SR // 10  # 100 ms
+
+
+def trimmed(sentence: np.ndarray) -> np.ndarray:
+    """The sentence without espeak-ng's own leading and trailing silence: its end is the last voiced sample."""
+    loud = np.flatnonzero(np.abs(sentence) > 300)  # -40 dBFS
+    return sentence[loud[0]:loud[-1] + 1] if len(loud) else sentence
+
+
+def conversation(pool: list, seconds: float, seed: int):
+    """(s16le bytes, [(sentence start, end) in samples]) of about `seconds` of talk and pauses."""
+    rng = np.random.default_rng(seed)
+    parts, turns, pos = [np.zeros(int(rng.uniform(0.2, 1.0) * SR), np.float32)], [], 0
+    pos = len(parts[0])
+    while pos < seconds * SR:
+        sentence = pool[rng.integers(len(pool))]
+        turns.append((pos, pos + len(sentence)))
+        pause = np.zeros(int(rng.uniform(0.6, 2.5) * SR), np.float32)
+        parts += [sentence, pause]
+        pos += len(sentence) + len(pause)
+    audio = np.concatenate(parts)
+    return np.clip(audio, -32768, 32767).astype("<i2").tobytes(), turns
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, args, batch_size: int, work: Path):
+        self.port = free_port()
+        config = work / f"serve-{batch_size}.yaml"
+        config.write_text(
+            f"recognizer:\n  model_dir: {args.model}\n  cpu:\n    threads: {args.threads}\n"
+            f"vad:\n  kind: silero\nlogging:\n  level: warning\n"
+            f"server:\n  host: 127.0.0.1\n  port: {self.port}\n  auth: none\n  max_streams: 256\n"
+            f"  admission_load: 1.0\n  batch_size: {batch_size}\n", encoding="utf-8")
+        self.proc = subprocess.Popen([sys.executable, "-m", "agent", "serve", "--config", str(config)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO,
+                                     env={**os.environ, "PYTHONPATH": str(REPO)})
+        deadline = time.monotonic() + 60
+        while True:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"bench_streams: serve exited: {self.proc.stderr.read().decode()[-2000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise SystemExit("bench_streams: serve did not listen within 60 s") from None
+                time.sleep(0.1)
+        self.rss_mib = 0.0
+        self._cpu0 = self.cpu_seconds()
+
+    def cpu_seconds(self) -> float:
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def sample(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+        self.rss_mib = max(self.rss_mib, rss)
+
+    def stop(self) -> str:
+        self.proc.terminate()
+        try:
+            _, err = self.proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, err = self.proc.communicate()
+        return err.decode("utf-8", "replace")
+
+
+async def device(port: int, name: str, audio: bytes, turns: list, delay: float, out: dict):
+    from websockets.asyncio.client import connect
+
+    await asyncio.sleep(delay)
+    events = []
+    async with connect(f"ws://127.0.0.1:{port}/ws/stt/{name}", max_size=None) as ws:
+        t0 = time.monotonic()
+
+        async def receive():
+            async for message in ws:
+                events.append((time.monotonic(), json.loads(message)))
+
+        reader = asyncio.create_task(receive())
+        for i in range(0, len(audio), 2 * FRAME):
+            at = t0 + (i // 2 + FRAME) / SR  # a microphone delivers a frame when its last sample is recorded
+            wait = at - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            await ws.send(audio[i:i + 2 * FRAME])
+        await ws.send(json.dumps({"type": "stop"}))
+        await reader
+    out[name] = (t0, turns, events)
+
+
+def analyse(results: dict) -> dict:
+    latencies, lost, unmatched, partials, utterances = [], 0, 0, 0, 0
+    for t0, turns, events in results.values():
+        finals = [(t, e) for t, e in events if e["type"] == "final"]
+        ends = [e for _, e in events if e["type"] == "speech_end"]
+        lost += max(0, len(ends) - len(finals))
+        partials += sum(1 for _, e in events if e["type"] == "partial")
+        utterances += len(finals)
+        for start, end in turns:
+            covering = [(t, e) for t, e in finals
+                        if e["audio_start"] * SR <= end + 0.3 * SR and e["audio_end"] * SR >= end - 0.3 * SR]
+            if not covering:
+                unmatched += 1
+                if os.environ.get("BENCH_DEBUG"):
+                    near = [(round(e["audio_start"], 2), round(e["audio_end"], 2)) for _, e in finals
+                            if abs(e["audio_end"] * SR - end) < 5 * SR]
+                    print(f"no final covers {start / SR:.2f}-{end / SR:.2f}: {near}", file=sys.stderr)
+                continue
+            received, _ = covering[-1]
+            latencies.append((received - (t0 + end / SR)) * 1000)
+    pct = (lambda q: float(np.percentile(latencies, q))) if latencies else (lambda q: float("nan"))
+    return {"sentences": sum(len(r[1]) for r in results.values()), "finals": utterances, "finals_lost": lost,
+            "sentences_without_final": unmatched,
+            "end_of_speech_to_final_ms": {"p50": round(pct(50), 1), "p95": round(pct(95), 1),
+                                          "max": round(max(latencies), 1) if latencies else None},
+            "partials_per_utterance": round(partials / utterances, 2) if utterances else None}
+
+
+async def run_n(args, n: int, batch_size: int, conversations: list, work: Path) -> dict:
+    server = Server(args, batch_size, work)
+    results: dict = {}
+    stagger = min(args.stagger_s, 0.5 * n)
+    tasks = [asyncio.create_task(device(server.port, f"dev{i:02d}", *conversations[i], i * stagger / n, results))
+             for i in range(n)]
+    started = time.monotonic()
+    while not all(t.done() for t in tasks):
+        server.sample()
+        await asyncio.sleep(0.5)
+    for t in tasks:
+        t.result()
+    wall = time.monotonic() - started
+    cpu = server.cpu_seconds() - server._cpu0
+    err = server.stop()
+    report = analyse(results)
+    report.update(streams=n, batch_size=batch_size, wall_s=round(wall, 1), cpu_percent=round(100 * cpu / wall, 1),
+                  peak_rss_mib=round(server.rss_mib, 1))
+    if "Traceback" in err:
+        report["server_errors"] = err[-2000:]
+    return report
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, required=True)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--streams", default="1,2,4,8,16,24,32")
+    ap.add_argument("--batch-sizes", default="0", help="server.batch_size values (0: the auto default)")
+    ap.add_argument("--seconds", type=float, default=60.0, help="each device's conversation")
+    ap.add_argument("--stagger-s", type=float, default=8.0, help="device starts spread over this long")
+    ap.add_argument("--target-p95-ms", type=float, default=1500.0)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/bench-streams"))
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    pool = [trimmed(s) for s in synthesize(args.work)]
+    counts = [int(x) for x in args.streams.split(",")]
+    conversations = [conversation(pool, args.seconds, seed=100 + i) for i in range(max(counts))]
+    report = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d %H:%M"),
+              "model": str(args.model), "threads": args.threads, "seconds_per_device": args.seconds, "runs": []}
+    for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
+        for n in counts:
+            result = asyncio.run(run_n(args, n, batch_size, conversations, args.work))
+            report["runs"].append(result)
+            print(json.dumps(result), file=sys.stderr, flush=True)
+    held = [r["streams"] for r in report["runs"] if r["end_of_speech_to_final_ms"]["p95"] <= args.target_p95_ms
+            and r["finals_lost"] == 0]
+    report["most_streams_within_target"] = max(held) if held else 0
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,335 @@
+"""The Wyoming speech-to-text server, driven by the `wyoming` package's own async TCP client exactly as
+Home Assistant's wyoming STT provider drives it: describe; then per utterance a new connection,
+transcribe, audio-start, chunks (while reading), audio-stop, the transcript."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import tiny_models as tm
+from helpers import ROOT, run, write_wav
+from mosquitto_fixture import Subscriber, needs_mosquitto
+
+pytest.importorskip("wyoming")
+from wyoming.asr import Transcribe, Transcript, TranscriptChunk, TranscriptStart, TranscriptStop  # noqa: E402
+from wyoming.audio import AudioChunk, AudioStart, AudioStop  # noqa: E402
+from wyoming.client import AsyncTcpClient  # noqa: E402
+from wyoming.error import Error  # noqa: E402
+from wyoming.event import async_read_event  # noqa: E402
+from wyoming.info import Describe, Info  # noqa: E402
+
+RATE = 16000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def turn(seed=0, talk=1.2, before=0.3, after=1.0):
+    rng = np.random.default_rng(seed)
+    return np.concatenate([np.zeros(int(before * RATE)), rng.standard_normal(int(talk * RATE)) * 6000,
+                           np.zeros(int(after * RATE))])
+
+
+def pcm(samples) -> bytes:
+    return np.clip(samples, -32768, 32767).astype("<i2").tobytes()
+
+
+class Wyoming:
+    def __init__(self, tmp_path, model, broker=None, **wyoming):
+        self.port = free_port()
+        self.model = model
+        options = {"enabled": "true", "uri": f"tcp://127.0.0.1:{self.port}", "zeroconf": "false",
+                   "endpoint_silence_ms": 400, **wyoming}
+        lines = [f"recognizer:\n  model_dir: {model}", "vad:\n  kind: energy",
+                 "server:\n  idle_timeout_s: 3\n  wyoming:\n" + "".join(f"    {k}: {v}\n" for k, v in options.items())]
+        if broker is not None:
+            lines.append(f"mqtt:\n  enabled: true\n  host: {broker.host}\n  port: {broker.port}\n  device_id: box")
+        config = tmp_path / "wyoming.yaml"
+        config.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        self.proc = subprocess.Popen([sys.executable, "-m", "agent", "serve", "--config", str(config)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                                     env={**os.environ, "PYTHONPATH": str(ROOT)})
+        deadline = time.monotonic() + 30
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"serve exited {self.proc.returncode}: {self.proc.stderr.read()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise AssertionError("the Wyoming server did not listen") from None
+                time.sleep(0.05)
+
+    def client(self) -> AsyncTcpClient:
+        return AsyncTcpClient("127.0.0.1", self.port)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.communicate()
+
+
+@pytest.fixture(scope="module")
+def wyoming_server(tmp_path_factory, model):
+    server = Wyoming(tmp_path_factory.mktemp("wyoming"), model)
+    yield server
+    server.stop()
+
+
+async def ha_utterance(server, audio: bytes, language="en", chunk=2048, pace=0.0, send_stop_at_end=True):
+    """What Home Assistant's provider does: upload and read at once; the first transcript wins.
+
+    Returns (events read, seconds from the end of the audio upload to the transcript, audio-stop sent?)."""
+    events, sent_stop = [], False
+    async with server.client() as client:
+        await client.write_event(Transcribe(language=language).event())
+        await client.write_event(AudioStart(rate=RATE, width=2, channels=1).event())
+
+        async def upload():
+            nonlocal sent_stop
+            for i in range(0, len(audio), chunk):
+                await client.write_event(AudioChunk(rate=RATE, width=2, channels=1, audio=audio[i:i + chunk]).event())
+                if pace:
+                    await asyncio.sleep(pace)
+            if send_stop_at_end:
+                await client.write_event(AudioStop().event())
+                sent_stop = True
+
+        async def receive():
+            while True:
+                event = await client.read_event()
+                if event is None:
+                    return None
+                events.append(event)
+                if Transcript.is_type(event.type) or Error.is_type(event.type):
+                    return event
+
+        uploading = asyncio.create_task(upload())
+        receiving = asyncio.create_task(receive())
+        done, _ = await asyncio.wait({uploading, receiving}, return_when=asyncio.FIRST_COMPLETED)
+        finished_upload = time.monotonic() if uploading in done else None
+        if receiving not in done:
+            await receiving
+        uploading.cancel()
+        return events, sent_stop, finished_upload
+
+
+def test_describe_lists_one_asr_program_with_the_languages_ha_asks_for(wyoming_server):
+    async def describe():
+        async with wyoming_server.client() as client:
+            await client.write_event(Describe().event())
+            return Info.from_event(await client.read_event())
+
+    info = asyncio.run(describe())
+    (program,) = info.asr
+    assert program.name == "stt-agent" and program.installed and program.version
+    assert program.supports_transcript_streaming and not program.requires_external_vad
+    (model,) = program.models
+    assert set(model.languages) == {"zh", "zh-cn", "zh-tw", "zh-hk", "yue", "en", "ja", "ko"}
+    assert model.installed and model.attribution.name
+
+
+def test_the_transcript_comes_when_the_speaker_stops_before_audio_stop(wyoming_server, tmp_path):
+    """requires_external_vad false: our VAD ends the utterance; HA stops uploading when the transcript comes."""
+    audio = turn(1, after=3.0)  # 3 s of silence after the speech: the endpoint is heard long before the end
+    events, sent_stop, _ = asyncio.run(ha_utterance(wyoming_server, pcm(audio), pace=0.064))
+    assert not sent_stop  # the transcript arrived while audio was still being sent
+    transcript = Transcript.from_event(events[-1])
+    assert transcript.text.startswith(tm.PATTERN_TEXT) and transcript.language == "en"
+    data = events[-1].data
+    for key in ("language_scores", "emotion", "emotion_scores", "event", "event_scores", "confidence", "timing"):
+        assert key in data, key
+    assert data["emotion"] == "happy" and data["timing"]["endpoint_delay_ms"] is not None
+    # the text is what `stt-agent transcribe` gives for the same audio
+    start, end = data["audio_start"], data["audio_end"]
+    clip = write_wav(tmp_path / "clip.wav", audio[round(start * RATE):round(end * RATE)])
+    proc = run("transcribe", str(clip), "--model", str(wyoming_server.model), "--json")
+    assert json.loads(proc.stdout)["text"] == transcript.text
+
+
+def test_streaming_clients_get_start_chunks_stop_then_the_transcript(wyoming_server):
+    audio = turn(2, talk=2.5, after=1.5)
+    events, _, _ = asyncio.run(ha_utterance(wyoming_server, pcm(audio), pace=0.064))
+    types = [e.type for e in events]
+    assert types[0] == "transcript-start" and types[-2:] == ["transcript-stop", "transcript"]
+    assert set(types[1:-2]) <= {"transcript-chunk"}
+    chunks = "".join(TranscriptChunk.from_event(e).text for e in events if TranscriptChunk.is_type(e.type))
+    assert chunks == Transcript.from_event(events[-1]).text
+    assert TranscriptStart.from_event(events[0]).language == "en"
+    assert TranscriptStop.is_type(events[-2].type)
+
+
+def test_audio_stop_before_the_endpoint_gives_the_transcript_of_what_was_sent(wyoming_server):
+    audio = turn(3, after=0.1)  # the speech runs to the end: no silence to end it
+    events, sent_stop, _ = asyncio.run(ha_utterance(wyoming_server, pcm(audio)))
+    assert sent_stop and Transcript.from_event(events[-1]).text.startswith(tm.PATTERN_TEXT)
+
+
+def test_silence_only_gives_an_empty_transcript(wyoming_server):
+    events, _, _ = asyncio.run(ha_utterance(wyoming_server, pcm(np.zeros(RATE))))
+    assert Transcript.from_event(events[-1]).text == ""
+
+
+def test_any_rate_width_and_channels_are_converted(wyoming_server):
+    import soxr
+
+    audio = soxr.resample(turn(4, after=1.5).astype(np.float32), RATE, 22050)
+    stereo = np.stack([audio, audio], axis=1).reshape(-1)
+
+    async def utterance():
+        async with wyoming_server.client() as client:
+            await client.write_event(Transcribe(language="zh-hk").event())
+            await client.write_event(AudioStart(rate=22050, width=4, channels=2).event())
+            data = (np.clip(stereo, -32768, 32767) * 65536).astype("<i4").tobytes()
+            for i in range(0, len(data), 8192):
+                await client.write_event(AudioChunk(rate=22050, width=4, channels=2, audio=data[i:i + 8192]).event())
+            await client.write_event(AudioStop().event())
+            while True:
+                event = await client.read_event()
+                if Transcript.is_type(event.type):
+                    return event
+
+    event = asyncio.run(utterance())
+    transcript = Transcript.from_event(event)
+    assert transcript.text.startswith(tm.PATTERN_TEXT)
+    assert transcript.language == "zh-hk"  # as asked; the model decoded Cantonese (yue)
+    assert event.data["language_scores"]
+
+
+@pytest.mark.parametrize("events, code", [
+    ([AudioChunk(rate=RATE, width=2, channels=1, audio=b"\0\0").event()], "no_audio_start"),
+    ([AudioStart(rate=RATE, width=2, channels=1).event()], "no_transcribe"),
+])
+def test_out_of_order_events_get_a_clear_error(wyoming_server, events, code):
+    async def send():
+        async with wyoming_server.client() as client:
+            for event in events:
+                await client.write_event(event)
+            return Error.from_event(await client.read_event())
+
+    error = asyncio.run(send())
+    assert error.code == code and error.text
+
+
+def test_an_oversized_payload_is_refused_and_nothing_else_is_disturbed(wyoming_server):
+    async def attack():
+        reader, writer = await asyncio.open_connection("127.0.0.1", wyoming_server.port)
+        header = {"type": "audio-chunk", "data": {"rate": 16000, "width": 2, "channels": 1},
+                  "payload_length": 1 << 30}  # 1 GiB announced
+        writer.write((json.dumps(header) + "\n").encode())
+        await writer.drain()
+        answer = await async_read_event(reader)
+        closed = await reader.read() == b""
+        writer.close()
+        return answer, closed
+
+    answer, closed = asyncio.run(attack())
+    assert Error.is_type(answer.type) and Error.from_event(answer).code == "too_large" and closed
+    events, _, _ = asyncio.run(ha_utterance(wyoming_server, pcm(turn(5, after=1.5)), pace=0.064))
+    assert Transcript.from_event(events[-1]).text.startswith(tm.PATTERN_TEXT)
+
+
+def test_a_hundred_idle_connections_disturb_nobody(wyoming_server):
+    async def scenario():
+        idle = [await asyncio.open_connection("127.0.0.1", wyoming_server.port) for _ in range(100)]
+        events, _, _ = await ha_utterance(wyoming_server, pcm(turn(6, after=1.5)), pace=0.064)
+        closed = 0
+        for reader, writer in idle:
+            try:
+                closed += await asyncio.wait_for(reader.read(), 10) == b""  # closed at server.idle_timeout_s
+            finally:
+                writer.close()
+        return events, closed
+
+    events, closed = asyncio.run(scenario())
+    assert Transcript.from_event(events[-1]).text.startswith(tm.PATTERN_TEXT)
+    assert closed == 100
+
+
+@needs_mosquitto
+def test_the_utterance_also_goes_to_mqtt_even_when_the_client_drops_mid_utterance(tmp_path, model, broker):
+    server = Wyoming(tmp_path, model, broker=broker, device_id="ha-kitchen")
+    sub = Subscriber(broker, "stt-agent/ha-kitchen/#")
+
+    async def drop():
+        async with server.client() as client:
+            await client.write_event(Transcribe(language="en").event())
+            await client.write_event(AudioStart(rate=RATE, width=2, channels=1).event())
+            audio = pcm(np.concatenate([np.zeros(4800), np.random.default_rng(7).standard_normal(RATE) * 6000]))
+            for i in range(0, len(audio), 2048):
+                await client.write_event(AudioChunk(rate=RATE, width=2, channels=1, audio=audio[i:i + 2048]).event())
+        # the connection is gone mid-utterance
+
+    try:
+        asyncio.run(drop())
+        (final,) = sub.wait_topic("stt-agent/ha-kitchen/stt/final", timeout=20)
+        assert json.loads(final.payload)["text"].startswith(tm.PATTERN_TEXT)
+        assert sub.wait_topic("stt-agent/ha-kitchen/emotion", timeout=5)
+    finally:
+        server.stop()
+        sub.close()
+
+
+def test_sigterm_finishes_an_open_utterance_and_sends_its_transcript(tmp_path, model):
+    server = Wyoming(tmp_path, model, endpoint="false")
+
+    async def scenario():
+        async with server.client() as client:
+            await client.write_event(Transcribe(language="en").event())
+            await client.write_event(AudioStart(rate=RATE, width=2, channels=1).event())
+            audio = pcm(turn(8, after=0.0))
+            for i in range(0, len(audio), 2048):
+                await client.write_event(AudioChunk(rate=RATE, width=2, channels=1, audio=audio[i:i + 2048]).event())
+            await asyncio.sleep(0.5)
+            server.proc.send_signal(signal.SIGTERM)
+            while True:
+                event = await client.read_event()
+                if event is None or Transcript.is_type(event.type):
+                    return event
+
+    event = asyncio.run(scenario())
+    server.stop()
+    assert server.proc.returncode == 0
+    assert Transcript.from_event(event).text.startswith(tm.PATTERN_TEXT)
+
+
+def test_the_service_is_announced_by_zeroconf_where_multicast_works(tmp_path, model):
+    zeroconf = pytest.importorskip("zeroconf")
+    server = Wyoming(tmp_path, model, zeroconf="true")
+    found = []
+    try:
+        zc = zeroconf.Zeroconf(interfaces=zeroconf.InterfaceChoice.All)
+        try:
+            browser = zeroconf.ServiceBrowser(zc, "_wyoming._tcp.local.", handlers=[
+                lambda zeroconf, service_type, name, state_change: found.append(name)])
+            deadline = time.monotonic() + 5
+            while not found and time.monotonic() < deadline:
+                time.sleep(0.1)
+            browser.cancel()
+            info = zc.get_service_info("_wyoming._tcp.local.", found[0], timeout=3000) if found else None
+        finally:
+            zc.close()
+    finally:
+        _, err = server.stop()
+    if not found:
+        assert "zeroconf announcement failed" in err or "Wyoming speech-to-text at" in err
+        pytest.skip("no multicast on this machine: the announcement was not seen (the server said so or tried)")
+    assert found[0].startswith("stt-agent-") and info is not None and info.port == server.port
