@@ -1,5 +1,6 @@
 # Helpers shared by the deployment checks (sourced, not run).
 # shellcheck shell=bash
+# shellcheck disable=SC2034  # HELPER, BROKER_PID and SUB_PID are read by the scripts that source this
 
 SYSTEM_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$SYSTEM_DIR/../.." && pwd)
