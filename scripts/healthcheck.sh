@@ -3,19 +3,23 @@
 #   0 healthy   1 unhealthy   2 usage error   3 cannot tell (no systemctl/journalctl)
 #
 #   healthcheck.sh [--unit NAME] [--minutes N] [--max-restarts N] [--max-errors N]
-#                  [--mqtt-topic TOPIC [--mqtt-host HOST] [--mqtt-port PORT]]
+#                  [--mqtt-topic TOPIC [--mqtt-host HOST] [--mqtt-port PORT] [--mqtt-max-age S]]
 #
 # Checks, in order:
 #   1. `systemctl is-active` is "active" (not starting, failed or stopped);
 #   2. the status line the agent sends (STATUS=) does not say "stalled" (the watchdog is about to fire);
 #   3. the journal of the last N minutes (default 10): no watchdog timeouts, at most --max-restarts
 #      restarts (default 0) and at most --max-errors error-level entries (default 0);
-#   4. optional: the retained health message on TOPIC (needs mosquitto_sub, from mosquitto-clients)
-#      does not say offline/unhealthy. An unreachable broker is reported, not counted as unhealthy.
+#   4. optional, TOPIC being the agent's <prefix>/<device>/health (needs mosquitto_sub, from
+#      mosquitto-clients, and python3): the retained health snapshot is at most --mqtt-max-age
+#      seconds old (default 100: the agent republishes it every mqtt.health_interval_s, 30 s) and
+#      says nothing unhealthy, and the retained <prefix>/<device>/status beside it is not
+#      "offline" (the broker's Last Will when the agent's connection dies). An unreachable broker
+#      is reported, not counted as unhealthy.
 # Reading another unit's journal needs root or the systemd-journal/adm group.
 set -euo pipefail
 
-UNIT=stt-agent MINUTES=10 MAX_RESTARTS=0 MAX_ERRORS=0 TOPIC="" HOST=localhost PORT=1883
+UNIT=stt-agent MINUTES=10 MAX_RESTARTS=0 MAX_ERRORS=0 TOPIC="" HOST=localhost PORT=1883 MAX_AGE=100
 while [ $# -gt 0 ]; do
   case "$1" in
     --unit) UNIT=${2:?--unit needs a NAME}; shift ;;
@@ -25,12 +29,13 @@ while [ $# -gt 0 ]; do
     --mqtt-topic) TOPIC=${2:?--mqtt-topic needs a topic}; shift ;;
     --mqtt-host) HOST=${2:?--mqtt-host needs a host}; shift ;;
     --mqtt-port) PORT=${2:?--mqtt-port needs a port}; shift ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --mqtt-max-age) MAX_AGE=${2:?--mqtt-max-age needs seconds}; shift ;;
+    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "healthcheck.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
 done
-for n in "$MINUTES" "$MAX_RESTARTS" "$MAX_ERRORS" "$PORT"; do
+for n in "$MINUTES" "$MAX_RESTARTS" "$MAX_ERRORS" "$PORT" "$MAX_AGE"; do
   [[ "$n" =~ ^[0-9]+$ ]] || { echo "healthcheck.sh: expected a number, got '$n'" >&2; exit 2; }
 done
 
@@ -71,16 +76,46 @@ else
   restarts="?"
 fi
 
-# 4. The retained health message (optional).
+# 4. What the agent last published (optional).
+# The verdict on a retained health payload: "ok", or why not. The agent's snapshot (docs/EVENTS.md)
+# carries no verdict of its own, so a stale `ts` is what shows an agent that stopped publishing;
+# an explicit `healthy: false` or a status/state word is honoured for other publishers.
+judge_health() {
+  python3 -c '
+import json, sys, time
+raw, max_age = sys.stdin.read().strip(), float(sys.argv[1])
+try:
+    m = json.loads(raw)
+except ValueError:
+    m = raw
+if not isinstance(m, dict):
+    bad = str(m).lower() in ("offline", "unhealthy", "stalled", "error", "failed", "down")
+    print("says " + raw[:200] if bad else "ok")
+    sys.exit()
+word = str(m.get("status", m.get("state", ""))).lower()
+if m.get("healthy") is False or word in ("offline", "unhealthy", "stalled", "error", "failed", "down"):
+    print("says " + raw[:200])
+elif isinstance(m.get("ts"), (int, float)) and time.time() - m["ts"] > max_age:
+    print("was published %.0f s ago (the agent republishes it every mqtt.health_interval_s)" % (time.time() - m["ts"]))
+else:
+    print("ok")
+' "$MAX_AGE"
+}
 mqtt=""
 if [ -n "$TOPIC" ]; then
   if ! command -v mosquitto_sub >/dev/null 2>&1; then
     mqtt=", health topic not checked (no mosquitto_sub: apt-get install mosquitto-clients)"
+  elif ! command -v python3 >/dev/null 2>&1; then
+    mqtt=", health topic not checked (no python3)"
   elif msg=$(mosquitto_sub -h "$HOST" -p "$PORT" -t "$TOPIC" -C 1 -W 3 2>/dev/null) && [ -n "$msg" ]; then
-    if grep -qiE 'offline|unhealthy|stalled|"(healthy|ok)" *: *false|"(status|state)" *: *"(error|failed|down)"' <<<"$msg"; then
-      unhealthy "health topic $TOPIC says: $(cut -c1-200 <<<"$msg")"
+    verdict=$(judge_health <<<"$msg")
+    [ "$verdict" = ok ] || unhealthy "health topic $TOPIC $verdict"
+    if [[ "$TOPIC" == */health ]]; then
+      status_topic=${TOPIC%/health}/status
+      online=$(mosquitto_sub -h "$HOST" -p "$PORT" -t "$status_topic" -C 1 -W 2 2>/dev/null || true)
+      [ "$online" != offline ] || unhealthy "$status_topic says offline"
     fi
-    mqtt=", health topic ok"
+    mqtt=", health topic ok${online:+, status $online}"
   else
     mqtt=", broker $HOST:$PORT unreachable or no retained message on $TOPIC"
   fi

@@ -7,8 +7,9 @@
 #   sudo scripts/install.sh --uninstall --purge   remove config, models and caches as well
 #
 # What it sets up (a second run changes nothing and says so):
-#   apt packages   libportaudio2 (microphone capture), python3-venv; and libsystemd-dev pkg-config
-#                  gcc python3-dev to build systemd-python (journald fields; --no-journald skips it)
+#   apt packages   libportaudio2 (microphone capture), libopus0 (Opus from network devices), python3-venv;
+#                  and libsystemd-dev pkg-config gcc python3-dev to build systemd-python (journald fields;
+#                  --no-journald skips it)
 #   user           stt-agent (system user, home /var/lib/stt-agent, groups audio and video)
 #   virtualenv     /opt/stt-agent/venv with stt-agent[cpu] or stt-agent[gpu] from this checkout
 #   config         /etc/stt-agent/config.yaml from the repo's config.yaml, only if there is none
@@ -192,7 +193,7 @@ apt_packages() {
   [ "$APT" = 1 ] || return 0
   if [ -n "$ROOT" ] && ! full_root; then note "skipped apt packages (--root is not a full system)"; return 0; fi
   command -v dpkg-query >/dev/null 2>&1 || { note "no dpkg: install PortAudio (libportaudio2) yourself"; return 0; }
-  local wanted=(libportaudio2 python3-venv) missing=() p admindir
+  local wanted=(libportaudio2 libopus0 python3-venv) missing=() p admindir
   [ "$JOURNALD" = 1 ] && wanted+=(libsystemd-dev pkg-config gcc python3-dev)
   admindir=$(r /var/lib/dpkg)
   for p in "${wanted[@]}"; do
@@ -383,7 +384,6 @@ optimize_model() {
   local model_dir
   model_dir=$(config_model_dir)
   [ -n "$model_dir" ] && [ -d "$model_dir" ] || return 0
-  make_dir "$CACHE_DIR" 0750 user
   local out
   if out=$(runuser -u "$NAME" -- env CACHE_DIRECTORY="$CACHE_DIR" "$VENV/bin/stt-agent" model optimize \
       --config "$CONFIG" 2>&1); then
@@ -401,6 +401,9 @@ do_install() {
   install_config
   make_dir "$STATE_DIR" 0750 user
   make_dir "$MODELS_DIR" 0750 user
+  # Before the first start too: the `model optimize` step printed below writes here as stt-agent,
+  # and systemd's CacheDirectory= creates it only when the service starts.
+  make_dir "$CACHE_DIR" 0750 user
   install_unit
   fetch_model
   optimize_model

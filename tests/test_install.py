@@ -7,6 +7,7 @@ is skipped) and --no-apt; nothing outside the temporary root is touched.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import socket
@@ -264,13 +265,32 @@ def broker(tmp_path):
     proc.wait(timeout=5)
 
 
-@pytest.mark.parametrize("message, healthy", [
-    ('{"status": "online", "provider": "cuda"}', True),
-    ('{"status": "offline"}', False),
-    ('{"healthy": false, "reason": "stalled"}', False),
+def agent_health(age_s: float = 0.0) -> str:
+    """The agent's health snapshot as published (docs/EVENTS.md), `age_s` seconds old."""
+    return json.dumps({
+        "schema_version": 1, "type": "health", "device_id": "box1", "session": "7efaaabb",
+        "ts": round(time.time() - age_s, 3), "version": "0.1.0", "uptime_s": 3600.2, "utterances": 41,
+        "latency_ms": {"p50": 434.4, "p95": 702.0, "count": 41}, "provider": "cpu",
+        "audio_device": {"name": "/var/lib/stt-agent-audio/audio", "state": "waiting_for_device"},
+        "mqtt": {"connected": True, "broker": "localhost:1883", "queued": 0, "inflight": 0, "published": 123,
+                 # "offline" here counts partials skipped in an outage: no verdict on the agent.
+                 "dropped": {"outbox_full": 0, "expired": 0, "offline": 12}, "errors": 0, "last_error": None}})
+
+
+@pytest.mark.parametrize("message, status, healthy, says", [
+    (agent_health(), "online", True, "health topic ok, status online"),
+    (agent_health(), None, True, "health topic ok"),
+    (agent_health(age_s=600), "online", False, "health topic stt-agent/box1/health was published 6"),
+    (agent_health(), "offline", False, "stt-agent/box1/status says offline"),
+    ('{"status": "online", "provider": "cuda"}', None, True, "health topic ok"),
+    ('{"status": "offline"}', None, False, "health topic stt-agent/box1/health says"),
+    ('{"healthy": false, "reason": "stalled"}', None, False, "health topic stt-agent/box1/health says"),
 ])
-def test_retained_health_topic(fake_systemd, broker, message, healthy):
+def test_retained_health_topic(fake_systemd, broker, message, status, healthy, says):
     subprocess.run(["mosquitto_pub", "-p", str(broker), "-t", "stt-agent/box1/health", "-r", "-m", message], check=True)
+    if status is not None:
+        subprocess.run(["mosquitto_pub", "-p", str(broker), "-t", "stt-agent/box1/status", "-r", "-m", status],
+                       check=True)
     proc = fake_systemd("--mqtt-topic", "stt-agent/box1/health", "--mqtt-port", str(broker))
     assert proc.returncode == (0 if healthy else 1), proc.stdout
-    assert ("health topic ok" in proc.stdout) if healthy else ("health topic stt-agent/box1/health says" in proc.stdout)
+    assert says in proc.stdout

@@ -7,6 +7,7 @@ at it, and read the datagrams the agent sends.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import socket
@@ -282,6 +283,26 @@ def test_pings_are_unconditional_while_starting_and_stopping(watchdog_env):
     time.sleep(0.5)
     assert len(watchdog_env.pings(since=stopped)) >= 1
     dog.stop()
+
+
+def test_the_health_file_follows_ready_and_stopping_at_once(tmp_path, monkeypatch):
+    """A probe must not read "starting" for a whole round (5 s) after READY=1, nor "running" while draining."""
+    from agent.service import health_file
+
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    path = tmp_path / "health.json"
+    dog = Watchdog(Progress(), status_interval_s=60, health_file=path).start()  # rounds a minute apart
+    deadline = time.monotonic() + 5
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert health_file.judge(path)[1] == "starting (loading the model)"
+    dog.ready("listening on mic")
+    assert health_file.judge(path) == (True, "running (listening on mic)")
+    dog.stopping()
+    assert json.loads(path.read_text())["state"] == "stopping"
+    dog.stop()
+    assert not path.exists()
+    assert not list(tmp_path.iterdir())  # no temporary files left behind
 
 
 def test_status_lines_come_from_the_callable_rate_limited(watchdog_env):

@@ -9,6 +9,8 @@ never sees half of it; a file that stops changing means the agent (or its watchd
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
 import time
@@ -41,11 +43,22 @@ def resolve(setting: str, env: Mapping[str, str] | None = None) -> Path | None:
     return Path(FALLBACK)
 
 
+_WRITES = itertools.count()
+
+
 def write(path: Path, record: dict) -> None:
-    """Replace `path` with `record` as JSON, atomically (a temporary file renamed over it)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(record, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
-    os.replace(tmp, path)
+    """Replace `path` with `record` as JSON, atomically (a temporary file renamed over it).
+
+    Each write has its own temporary file: a write from a signal handler may interrupt another.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{next(_WRITES)}")
+    try:
+        tmp.write_text(json.dumps(record, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def remove(path: Path) -> None:

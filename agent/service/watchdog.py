@@ -198,6 +198,9 @@ class Watchdog:
         self.pings = 0
         self.health_file = health_file
         self._health_written = float("-inf")
+        # The thread's rounds and phase changes both write it; reentrant because stopping() runs in
+        # a signal handler, which may interrupt ready()'s write in the same thread.
+        self._health_lock = threading.RLock()
 
     @classmethod
     def from_settings(cls, progress: Progress, settings, notifier: Notifier | None = None,
@@ -224,7 +227,9 @@ class Watchdog:
         text = status if status is not None else describe(self._poll_status())
         if text is not None:
             self._remember_status(text)
-        return self.notifier.ready(text)
+        sent = self.notifier.ready(text)
+        self._write_health(None, force=True)  # probes see "running" now, not after the next round (5 s)
+        return sent
 
     def reloading(self, status: str | None = None) -> bool:
         """`RELOADING=1`; call `ready()` when the new configuration is in effect."""
@@ -237,7 +242,9 @@ class Watchdog:
     def stopping(self, status: str | None = None) -> bool:
         """`STOPPING=1`: pings stay unconditional while pending finals drain."""
         self.phase = STOPPING
-        return self.notifier.stopping(status)
+        sent = self.notifier.stopping(status)
+        self._write_health(None, force=True)
+        return sent
 
     def stop(self) -> None:
         """End the thread (does not notify: call `stopping()` first)."""
@@ -297,9 +304,16 @@ class Watchdog:
         period = self.interval if self.interval is not None else self.status_interval_s
         return max(0.01, min(period, self.status_interval_s))
 
-    def _write_health(self, reason: str | None) -> None:
+    def _write_health(self, reason: str | None, force: bool = False) -> None:
+        """Rewrite the health file (at most once a second, unless `force`: a phase change)."""
+        if self.health_file is None:
+            return
+        with self._health_lock:
+            self._write_health_locked(reason, force)
+
+    def _write_health_locked(self, reason: str | None, force: bool) -> None:
         now = self._clock()
-        if self.health_file is None or now - self._health_written < 1.0:
+        if not force and now - self._health_written < 1.0:
             return
         from agent.service import health_file
 
