@@ -370,3 +370,33 @@ def test_sigterm_while_stdin_stays_open_exits_cleanly(model):
                 proc.kill()
         assert proc.returncode == 0, err[-500:]
         assert "Fatal Python error" not in err
+
+
+def test_a_pipe_writer_that_leaves_ends_its_utterance_at_once(model, tmp_path):
+    """The writer closes mid-speech: its final comes now, not glued onto the next writer's audio."""
+    import os
+    import signal
+    import sys
+    import time
+
+    fifo = tmp_path / "audio"
+    os.mkfifo(fifo)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--input", str(fifo), "--model", str(model),
+                             "--vad", "energy"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT, env=env)
+    try:
+        with open(fifo, "wb") as out:
+            out.write(np.concatenate([silence(0.3), burst(1.0)]).astype("<i2").tobytes())  # no silence after
+        lines = []
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not any('"final"' in line for line in lines):
+            lines.append(proc.stdout.readline())
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    events = [json.loads(line) for line in lines + out.splitlines() if line.strip()]
+    end = next(e for e in events if e["type"] == "speech_end")
+    assert end["reason"] == "gap" and any(e["type"] == "final" for e in events)

@@ -104,6 +104,15 @@ class Segmenter:
         """End of input: close the open utterance (reason "flush"); a partial frame is not scored."""
         return self._end_open("flush")
 
+    def interrupt(self) -> list[Event]:
+        """The audio stopped (a pipe's writer left, a device was lost): end the open utterance now
+        (reason "gap") and forget the VAD state; the stream goes on where it was."""
+        if self._state not in (ACTIVE, PAUSED) and not len(self._pending):
+            return []
+        events = self._end_open("gap")
+        self._reset_stream(self.position + len(self._pending))
+        return events
+
     def reset(self, start_sample: int | None = None) -> list[Event]:
         """Close any open utterance and forget all audio and VAD state; resume at `start_sample`."""
         events = self._end_open("flush")

@@ -81,8 +81,13 @@ class LivePipeline:
                 if block is None:
                     if self.source.ended:
                         break
-                    if self.progress is not None and self.source.state == "waiting_for_device":
-                        self.progress.waiting_for_audio()  # a mic being reopened is not a stall
+                    if self.source.state == "waiting_for_device":
+                        if self.progress is not None:
+                            self.progress.waiting_for_audio()  # a mic being reopened is not a stall
+                        # The audio stopped (a pipe's writer left, the mic went away): the utterance is
+                        # over now, not when audio comes back, which may be never.
+                        for event in self.segmenter.interrupt():
+                            self._on_segment_event(event)
                     continue
                 if self.progress is not None:
                     self.progress.audio_consumed()
