@@ -6,7 +6,8 @@
         recognizer                       the model, loaded and warm
         decoder                          the one decode worker every stream shares (batched finals)
         stream                           the local audio source -> VAD -> segmenter -> the decoder
-        server                           devices streaming in over WebSocket (server.enabled, serve)
+        server                           devices over WebSocket (server.enabled), Home Assistant over
+                                         Wyoming (server.wyoming.enabled)
         listen                           READY=1, then until the input ends or SIGTERM
         shut down                        every stream's pending finals drained, sinks closed, offline published
 """

@@ -11,6 +11,12 @@ on the server process: CPU (utime + stime over wall) and peak RSS.
     python scripts/bench_streams.py --model /tmp/sv --threads 2 --streams 1,2,4,8,16,24,32
     python scripts/bench_streams.py --model /tmp/sv --streams 20 --batch-sizes 1,4   # batching off vs on
 
+The peer, side by side (--peer-server DIR --peer-python PY): what a user would run instead, sherpa-onnx's
+batching WebSocket server (python-api-examples/non_streaming_server.py from a sherpa-onnx checkout,
+--max-batch-size 3; its own websockets<14 and sherpa-onnx in PY's environment), with each device
+running Silero VAD itself (sherpa-onnx's VoiceActivityDetector, 0.4 s minimum silence, as our endpoint)
+and sending each finished utterance. Neither its code nor a script building it is part of this repo.
+
 The model is the full-size architecture with random weights (scripts/export_onnx.py --random-init):
 real compute, meaningless text.
 """
@@ -187,6 +193,106 @@ async def run_n(args, n: int, batch_size: int, conversations: list, work: Path) 
     return report
 
 
+class PeerServer(Server):
+    """sherpa-onnx's non_streaming_server.py, run from a checkout the user points at."""
+
+    def __init__(self, args, work: Path):
+        self.port = free_port()
+        model = next(p for p in (args.model / "model.int8.onnx", args.model / "model.onnx") if p.exists())
+        (work / "web").mkdir(exist_ok=True)
+        self.proc = subprocess.Popen(
+            [str(args.peer_python), str(args.peer_server / "non_streaming_server.py"), "--sense-voice", str(model),
+             "--tokens", str(args.model / "tokens.txt"), "--num-threads", str(args.threads), "--max-batch-size", "3",
+             "--port", str(self.port), "--doc-root", str(work / "web")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=work,
+            env={**os.environ, "PYTHONPATH": str(args.peer_server)})
+        deadline = time.monotonic() + 60
+        while True:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"bench_streams: the peer server exited: {self.proc.stderr.read().decode()[-2000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise SystemExit("bench_streams: the peer server did not listen") from None
+                time.sleep(0.1)
+        self.rss_mib = 0.0
+        self._cpu0 = self.cpu_seconds()
+
+
+async def peer_device(port: int, name: str, audio: bytes, turns: list, delay: float, out: dict, silero: Path):
+    """A device doing its own VAD and sending each finished utterance, as with sherpa-onnx's server."""
+    import sherpa_onnx
+    from websockets.asyncio.client import connect
+
+    config = sherpa_onnx.VadModelConfig()
+    config.silero_vad.model = str(silero)
+    config.silero_vad.min_silence_duration = 0.4
+    config.sample_rate = SR
+    vad = sherpa_onnx.VoiceActivityDetector(config, buffer_size_in_seconds=60)
+    window = config.silero_vad.window_size
+    await asyncio.sleep(delay)
+    events, pending = [], asyncio.Queue()
+    samples = np.frombuffer(audio, "<i2").astype(np.float32) / 32768
+    async with connect(f"ws://127.0.0.1:{port}", max_size=None) as ws:
+        t0 = time.monotonic()
+
+        async def send_and_receive():
+            while True:
+                item = await pending.get()
+                if item is None:
+                    return
+                start, segment = item
+                header = SR.to_bytes(4, "little", signed=True) + (len(segment) * 4).to_bytes(4, "little", signed=True)
+                await ws.send(header + segment.astype("<f4").tobytes())
+                text = await ws.recv()
+                events.append((time.monotonic(), {"type": "final", "text": text, "audio_start": start / SR,
+                                                  "audio_end": (start + len(segment)) / SR}))
+
+        worker = asyncio.create_task(send_and_receive())
+        for i in range(0, len(samples), FRAME):
+            wait = t0 + (i + FRAME) / SR - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            chunk = samples[i:i + FRAME]
+            for k in range(0, len(chunk) - window + 1, window):
+                vad.accept_waveform(chunk[k:k + window])
+            while not vad.empty():
+                pending.put_nowait((vad.front.start, np.array(vad.front.samples, np.float32)))
+                vad.pop()
+        vad.flush()
+        while not vad.empty():
+            pending.put_nowait((vad.front.start, np.array(vad.front.samples, np.float32)))
+            vad.pop()
+        pending.put_nowait(None)
+        await worker
+        await ws.send("Done")
+    out[name] = (t0, turns, events)
+
+
+async def run_peer(args, n: int, conversations: list, work: Path) -> dict:
+    server = PeerServer(args, work)
+    results: dict = {}
+    stagger = min(args.stagger_s, 0.5 * n)
+    tasks = [asyncio.create_task(peer_device(server.port, f"dev{i:02d}", *conversations[i], i * stagger / n,
+                                             results, args.silero_vad)) for i in range(n)]
+    started = time.monotonic()
+    while not all(t.done() for t in tasks):
+        server.sample()
+        await asyncio.sleep(0.5)
+    for t in tasks:
+        t.result()
+    wall = time.monotonic() - started
+    cpu = server.cpu_seconds() - server._cpu0
+    server.stop()
+    report = analyse(results)
+    report.update(streams=n, peer="sherpa-onnx non_streaming_server.py, batch 3, device-side Silero VAD",
+                  wall_s=round(wall, 1), server_cpu_percent=round(100 * cpu / wall, 1),
+                  peak_rss_mib=round(server.rss_mib, 1))
+    return report
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, required=True)
@@ -197,7 +303,15 @@ def main():
     ap.add_argument("--stagger-s", type=float, default=8.0, help="device starts spread over this long")
     ap.add_argument("--target-p95-ms", type=float, default=1500.0)
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench-streams"))
+    ap.add_argument("--peer-server", type=Path, help="python-api-examples of a sherpa-onnx checkout")
+    ap.add_argument("--peer-python", type=Path, default=Path(sys.executable))
+    ap.add_argument("--peer-streams", help="stream counts for the peer (default: --streams)")
+    ap.add_argument("--silero-vad", type=Path, help="silero_vad.onnx for the peer's devices")
     args = ap.parse_args()
+    if args.peer_server and args.silero_vad is None:
+        from bench_longform import find_silero
+
+        args.silero_vad = find_silero()
     args.work.mkdir(parents=True, exist_ok=True)
     pool = [trimmed(s) for s in synthesize(args.work)]
     counts = [int(x) for x in args.streams.split(",")]
@@ -212,6 +326,14 @@ def main():
     held = [r["streams"] for r in report["runs"] if r["end_of_speech_to_final_ms"]["p95"] <= args.target_p95_ms
             and r["finals_lost"] == 0]
     report["most_streams_within_target"] = max(held) if held else 0
+    if args.peer_server:
+        report["peer"] = []
+        for n in [int(x) for x in (args.peer_streams or args.streams).split(",")]:
+            result = asyncio.run(run_peer(args, n, conversations, args.work))
+            report["peer"].append(result)
+            print(json.dumps(result), file=sys.stderr, flush=True)
+        held = [r["streams"] for r in report["peer"] if r["end_of_speech_to_final_ms"]["p95"] <= args.target_p95_ms]
+        report["peer_most_streams_within_target"] = max(held) if held else 0
     print(json.dumps(report, indent=1))
 
 
