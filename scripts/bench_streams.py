@@ -199,11 +199,10 @@ class PeerServer(Server):
     def __init__(self, args, work: Path):
         self.port = free_port()
         model = next(p for p in (args.model / "model.int8.onnx", args.model / "model.onnx") if p.exists())
-        (work / "web").mkdir(exist_ok=True)
         self.proc = subprocess.Popen(
             [str(args.peer_python), str(args.peer_server / "non_streaming_server.py"), "--sense-voice", str(model),
              "--tokens", str(args.model / "tokens.txt"), "--num-threads", str(args.threads), "--max-batch-size", "3",
-             "--port", str(self.port), "--doc-root", str(work / "web")],
+             "--port", str(self.port), "--doc-root", str(args.peer_server / "web")],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=work,
             env={**os.environ, "PYTHONPATH": str(args.peer_server)})
         deadline = time.monotonic() + 60
