@@ -375,3 +375,18 @@ def test_no_partial_is_published_once_its_utterance_has_ended(parts):
     decoder.release()
     (done,) = out.wait_for(1)
     assert done.kind == FINAL and scheduler.skipped_partials == 1
+
+
+def test_a_batch_takes_the_oldest_final_with_those_closest_to_its_length(shared):
+    """Padding costs as much as audio: a 0.3 s final is not batched with 0.15 s ones around it."""
+    scheduler, decoder = shared
+    out = Collector()
+    lane = scheduler.lane(out)
+    lane.request_partial(1, audio(100), 100)
+    decoder.wait_started()  # the model is busy while the finals queue up
+    for utterance, length in ((2, 4800), (3, 2400), (4, 4700), (5, 2500), (6, 4900)):
+        lane.request_final(utterance, audio(length), length)
+    decoder.release(10)
+    out.wait_for(5)
+    assert [sorted(n for n, _ in run) for run in decoder.runs[1:]] == [[4700, 4800, 4900], [2400, 2500]]
+    assert scheduler.batches == {3: 1, 2: 1} and set(scheduler.model_seconds) == {"partial", "final"}

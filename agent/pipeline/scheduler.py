@@ -36,7 +36,7 @@ RATE = 16000
 LOAD_WINDOW_S = 60.0
 
 
-@dataclass
+@dataclass(eq=False)  # jobs are compared by identity (they hold arrays)
 class Job:
     kind: str
     lane: "Lane"
@@ -93,6 +93,8 @@ class DecodeScheduler:
         self._started = False
         self._busy: Deque = collections.deque()  # (finished, seconds, kind) of recent runs
         self.batches: collections.Counter = collections.Counter()  # batch size -> runs of finals
+        self.model_seconds: collections.Counter = collections.Counter()  # run kind -> model time, for health
+        self.cancelled: collections.Counter = collections.Counter()  # run kind -> runs stopped midway
         self._thread = threading.Thread(target=self._run, name="decode", daemon=True)
 
     # ------------------------------------------------------------------ streams
@@ -149,12 +151,19 @@ class DecodeScheduler:
             self._running.cancel.cancel()
 
     # ------------------------------------------------------------------ worker (decode thread)
-    def _fill(self, jobs: List[Job], candidates: List[Job]) -> List[Job]:
-        """Add candidates in order while the batch stays within its size and padded length."""
-        for job in candidates:
-            longest = max([len(j.audio) for j in jobs] + [len(job.audio)])
-            if jobs and (len(jobs) >= self.batch_size or longest * (len(jobs) + 1) > self.max_batch_samples):
+    def _fill(self, candidates: List[Job]) -> List[Job]:
+        """The oldest candidate, with the others closest to it in length: a batch computes its longest
+        item times its size, so a padded item costs as much as a real one (random lengths of 1.5-3.5 s
+        padded a batch of four by up to half)."""
+        first, rest = candidates[0], sorted(candidates[1:], key=lambda j: abs(len(j.audio) - len(candidates[0].audio)))
+        jobs = [first]
+        for job in rest:
+            if len(jobs) >= self.batch_size:
                 break
+            batch = jobs + [job]
+            longest, total = max(len(j.audio) for j in batch), sum(len(j.audio) for j in batch)
+            if longest * len(batch) > self.max_batch_samples or longest * len(batch) > 1.25 * total:
+                continue  # more than a quarter of padding, or over the batch's bound
             jobs.append(job)
         return jobs
 
@@ -162,20 +171,21 @@ class DecodeScheduler:
         with self._cond:
             while True:
                 if self._finals:
-                    jobs = self._fill([], self._finals)
-                    del self._finals[:len(jobs)]
+                    jobs = self._fill(self._finals)
+                    chosen = {id(j) for j in jobs}
+                    self._finals = [j for j in self._finals if id(j) not in chosen]
                     run = _Run(FINAL, jobs)
                 elif any(lane.speculative is not None for lane in self._lanes):
                     waiting = sorted((lane.speculative for lane in self._lanes if lane.speculative is not None),
                                      key=lambda j: j.submitted)
-                    jobs = self._fill([], waiting)
+                    jobs = self._fill(waiting)
                     for job in jobs:
                         job.lane.speculative = None
                     run = _Run(SPECULATIVE, jobs)
                 elif not self._stopping and any(lane.partial is not None for lane in self._lanes):
                     waiting = sorted((lane.partial for lane in self._lanes if lane.partial is not None),
                                      key=lambda j: j.submitted)
-                    jobs = self._fill([], waiting)
+                    jobs = self._fill(waiting)
                     for job in jobs:
                         job.lane.partial = None
                     run = _Run(PARTIAL, jobs)
@@ -200,6 +210,7 @@ class DecodeScheduler:
             try:
                 results = self._decode([j.audio for j in run.jobs], [j.options for j in run.jobs], run.cancel)
             except DecodeCancelled:
+                self.cancelled[run.kind] += 1
                 for job in run.jobs:
                     job.lane._count_cancelled(job)
             except Exception as exc:  # one bad decode must not kill the worker
@@ -211,6 +222,7 @@ class DecodeScheduler:
             with self._cond:
                 self._running = None
                 self._busy.append((finished, seconds, run.kind))
+                self.model_seconds[run.kind] += seconds
                 if run.kind == FINAL:
                     self.batches[len(run.jobs)] += 1
                 for job in run.jobs:
