@@ -400,3 +400,34 @@ def test_a_pipe_writer_that_leaves_ends_its_utterance_at_once(model, tmp_path):
     events = [json.loads(line) for line in lines + out.splitlines() if line.strip()]
     end = next(e for e in events if e["type"] == "speech_end")
     assert end["reason"] == "gap" and any(e["type"] == "final" for e in events)
+
+
+@pytest.mark.parametrize("after_ms, expected", [(0, [1, 1]), (160, [1])])
+def test_a_pause_between_words_gets_no_speculative_decode(model, tmp_path, after_ms, expected):
+    """A 96 ms pause inside an utterance is shorter than speculative_after_ms: only the real end speculates."""
+    import threading
+
+    from agent.audio.file_source import FileSource
+    from agent.events import Emitter
+    from agent.listening.segmenter import Segmenter
+    from agent.listening.vad import EnergyVad
+    from agent.pipeline.live import LivePipeline
+    from agent.pipeline.settings import PipelineSettings
+    from agent.recognizer import load_recognizer
+    from agent.settings import RecognizerSettings
+
+    wav = write_wav(tmp_path / "pause.wav", np.concatenate([silence(0.3), burst(0.8), silence(0.096),
+                                                            burst(0.8, seed=1), silence(1.0)]))
+
+    class Collect:
+        publish, close = staticmethod(lambda event: None), staticmethod(lambda: None)
+
+    pipeline = LivePipeline(FileSource(str(wav), realtime=False), Segmenter(EnergyVad()),
+                            load_recognizer(RecognizerSettings(model_dir=str(model), warmup=False)),
+                            Emitter("dev", "00000000", [Collect]), PipelineSettings(speculative_after_ms=after_ms))
+    requested = []
+    real = pipeline.scheduler.request_speculative
+    pipeline.scheduler.request_speculative = lambda utterance, *rest: (requested.append(utterance),
+                                                                       real(utterance, *rest))
+    assert pipeline.run(threading.Event())
+    assert requested == expected

@@ -56,6 +56,7 @@ class LivePipeline:
         self.emitter = emitter
         self._clock = Clock(realtime=getattr(source, "realtime", True))
         self._silence_at: Dict[int, int] = {}  # open utterance -> where its current silence began
+        self._speculated: Optional[int] = None  # the utterance whose current silence has a speculative decode
         self._owns_scheduler = scheduler is None
         if scheduler is None:
             self.scheduler = Scheduler(self._decode, self._on_done, settings.partial_interval_ms / 1000.0,
@@ -98,6 +99,7 @@ class LivePipeline:
                     continue
                 for event in self.segmenter.feed(block.samples, block.start):
                     self._on_segment_event(event)
+                self._maybe_speculate()
                 self._maybe_partial()
             for event in self.segmenter.flush():
                 self._on_segment_event(event)
@@ -118,14 +120,13 @@ class LivePipeline:
                                                                                 event.detected_sample)))
         elif isinstance(event, SilenceBegan):
             self._silence_at[event.utterance_id] = event.at_sample
-            if self.settings.speculative_final:
-                current = self.segmenter.current_audio()
-                if current is not None:
-                    self.scheduler.request_speculative(event.utterance_id, current.audio, event.at_sample,
-                                                       current.start_sample)
+            self._speculated = None
+            self._maybe_speculate()
         elif isinstance(event, SpeechResumed):
             self._silence_at.pop(event.utterance_id, None)
-            self.scheduler.speech_resumed(event.utterance_id)
+            if self._speculated == event.utterance_id:
+                self.scheduler.speech_resumed(event.utterance_id)
+            self._speculated = None
         elif isinstance(event, SpeechEnd):
             self.utterances += 1
             speech_end = self._silence_at.pop(event.utterance_id, event.end_sample)
@@ -136,6 +137,18 @@ class LivePipeline:
                                                                               event.detected_sample),
                                           reason=event.reason))
             self.scheduler.request_final(event.utterance_id, event.audio, speech_end, event.audio_start_sample)
+
+    def _maybe_speculate(self):
+        """Once the open utterance's silence has lasted speculative_after_ms, decode it as if it ended there."""
+        utterance = self.segmenter.utterance_id
+        silence_at = self._silence_at.get(utterance) if utterance is not None else None
+        if (not self.settings.speculative_final or silence_at is None or self._speculated == utterance
+                or self.segmenter.position - silence_at < self.settings.speculative_after_ms * RATE // 1000):
+            return
+        current = self.segmenter.current_audio()
+        if current is not None:
+            self._speculated = utterance
+            self.scheduler.request_speculative(utterance, current.audio, silence_at, current.start_sample)
 
     def _maybe_partial(self):
         utterance = self.segmenter.utterance_id
