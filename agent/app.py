@@ -195,6 +195,10 @@ class Agent:
 
     def _shut_down(self) -> bool:
         """Every stream's pending finals decoded and delivered (each within drain_timeout_s); True if they were."""
+        if self.decoder is not None:
+            log.info("model time by kind of decode: %s; runs stopped midway: %s",
+                     {k: round(v, 1) for k, v in self.decoder.model_seconds.items()}, dict(self.decoder.cancelled),
+                     extra={"EVENT": "decoder_totals"})
         drained = True
         timeout = self.settings.pipeline.drain_timeout_s
         if self.server is not None:

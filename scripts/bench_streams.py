@@ -51,15 +51,29 @@ def trimmed(sentence: np.ndarray) -> np.ndarray:
     return sentence[loud[0]:loud[-1] + 1] if len(loud) else sentence
 
 
-def conversation(pool: list, seconds: float, seed: int):
+# talk: one sentence after another, 0.6-2.5 s apart (about 60% of the time speech);
+# conversation: a person talking to an avatar: turns of 1-3 sentences 0.3-0.8 s apart, then 3-8 s while the
+# avatar answers (about 30% speech).
+WORKLOADS = ("talk", "conversation")
+
+
+def conversation(pool: list, seconds: float, seed: int, workload: str = "talk"):
     """(s16le bytes, [(sentence start, end) in samples]) of about `seconds` of talk and pauses."""
     rng = np.random.default_rng(seed)
     parts, turns, pos = [np.zeros(int(rng.uniform(0.2, 1.0) * SR), np.float32)], [], 0
     pos = len(parts[0])
+    left_in_turn = 0
     while pos < seconds * SR:
         sentence = pool[rng.integers(len(pool))]
         turns.append((pos, pos + len(sentence)))
-        pause = np.zeros(int(rng.uniform(0.6, 2.5) * SR), np.float32)
+        if workload == "talk":
+            pause_s = rng.uniform(0.6, 2.5)
+        else:
+            if left_in_turn <= 0:
+                left_in_turn = int(rng.integers(1, 4))
+            left_in_turn -= 1
+            pause_s = rng.uniform(0.3, 0.8) if left_in_turn else rng.uniform(3.0, 8.0)
+        pause = np.zeros(int(pause_s * SR), np.float32)
         parts += [sentence, pause]
         pos += len(sentence) + len(pause)
     audio = np.concatenate(parts)
@@ -78,9 +92,9 @@ class Server:
         config = work / f"serve-{batch_size}.yaml"
         config.write_text(
             f"recognizer:\n  model_dir: {args.model}\n  cpu:\n    threads: {args.threads}\n"
-            f"vad:\n  kind: silero\nlogging:\n  level: warning\n"
+            f"vad:\n  kind: silero\nlogging:\n  level: info\n"
             f"server:\n  host: 127.0.0.1\n  port: {self.port}\n  auth: none\n  max_streams: 256\n"
-            f"  admission_load: 1.0\n  batch_size: {batch_size}\n", encoding="utf-8")
+            f"  admission_load: 1.0\n  batch_size: {batch_size}\n{args.extra_config}", encoding="utf-8")
         self.proc = subprocess.Popen([sys.executable, "-m", "agent", "serve", "--config", str(config)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO,
                                      env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -188,6 +202,9 @@ async def run_n(args, n: int, batch_size: int, conversations: list, work: Path) 
     report = analyse(results)
     report.update(streams=n, batch_size=batch_size, wall_s=round(wall, 1), cpu_percent=round(100 * cpu / wall, 1),
                   peak_rss_mib=round(server.rss_mib, 1))
+    totals = [line for line in err.splitlines() if "model time by kind of decode" in line]
+    if totals:
+        report["model_time"] = totals[-1].split("decode: ", 1)[1].split(" EVENT=")[0]
     if "Traceback" in err:
         report["server_errors"] = err[-2000:]
     return report
@@ -250,13 +267,14 @@ async def peer_device(port: int, name: str, audio: bytes, turns: list, delay: fl
                                                   "audio_end": (start + len(segment)) / SR}))
 
         worker = asyncio.create_task(send_and_receive())
+        fed = 0  # samples handed to the VAD: whole windows only, the rest waits for the next frame
         for i in range(0, len(samples), FRAME):
             wait = t0 + (i + FRAME) / SR - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
-            chunk = samples[i:i + FRAME]
-            for k in range(0, len(chunk) - window + 1, window):
-                vad.accept_waveform(chunk[k:k + window])
+            while fed + window <= min(i + FRAME, len(samples)):
+                vad.accept_waveform(samples[fed:fed + window])
+                fed += window
             while not vad.empty():
                 pending.put_nowait((vad.front.start, np.array(vad.front.samples, np.float32)))
                 vad.pop()
@@ -299,6 +317,8 @@ def main():
     ap.add_argument("--streams", default="1,2,4,8,16,24,32")
     ap.add_argument("--batch-sizes", default="0", help="server.batch_size values (0: the auto default)")
     ap.add_argument("--seconds", type=float, default=60.0, help="each device's conversation")
+    ap.add_argument("--workload", choices=WORKLOADS, default="talk")
+    ap.add_argument("--extra-config", default="", help="YAML appended to the server's config (e.g. pipeline settings)")
     ap.add_argument("--stagger-s", type=float, default=8.0, help="device starts spread over this long")
     ap.add_argument("--target-p95-ms", type=float, default=1500.0)
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench-streams"))
@@ -314,9 +334,11 @@ def main():
     args.work.mkdir(parents=True, exist_ok=True)
     pool = [trimmed(s) for s in synthesize(args.work)]
     counts = [int(x) for x in args.streams.split(",")]
-    conversations = [conversation(pool, args.seconds, seed=100 + i) for i in range(max(counts))]
+    conversations = [conversation(pool, args.seconds, seed=100 + i, workload=args.workload) for i in range(max(counts))]
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d %H:%M"),
-              "model": str(args.model), "threads": args.threads, "seconds_per_device": args.seconds, "runs": []}
+              "model": str(args.model), "threads": args.threads, "seconds_per_device": args.seconds,
+              "workload": args.workload, "speech_share": round(float(np.mean(
+                  [sum(e - b for b, e in c[1]) / (len(c[0]) / 2) for c in conversations])), 2), "runs": []}
     for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
         for n in counts:
             result = asyncio.run(run_n(args, n, batch_size, conversations, args.work))

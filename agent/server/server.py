@@ -364,7 +364,9 @@ class StreamServer:
                             for d, s in list(self.streams.items())},
                 "decoder": {"queued_finals": self.decoder.queued_finals(),
                             "load": {k: round(v, 3) for k, v in load.items()},
-                            "batches": {str(k): v for k, v in sorted(self.decoder.batches.items())}}}
+                            "batches": {str(k): v for k, v in sorted(self.decoder.batches.items())},
+                            "model_seconds": {k: round(v, 1) for k, v in self.decoder.model_seconds.items()},
+                            "cancelled_runs": dict(self.decoder.cancelled)}}
 
 
 class _Ending:
