@@ -428,6 +428,6 @@ def test_a_pause_between_words_gets_no_speculative_decode(model, tmp_path, after
     requested = []
     real = pipeline.scheduler.request_speculative
     pipeline.scheduler.request_speculative = lambda utterance, *rest: (requested.append(utterance),
-                                                                       real(utterance, *rest))
+                                                                       real(utterance, *rest))[1]
     assert pipeline.run(threading.Event())
     assert requested == expected

@@ -390,3 +390,20 @@ def test_a_batch_takes_the_oldest_final_with_those_closest_to_its_length(shared)
     out.wait_for(5)
     assert [sorted(n for n, _ in run) for run in decoder.runs[1:]] == [[4700, 4800, 4900], [2400, 2500]]
     assert scheduler.batches == {3: 1, 2: 1} and set(scheduler.model_seconds) == {"partial", "final"}
+
+
+def test_speculation_waits_for_the_endpoint_while_finals_wait(parts):
+    """Speculation is work thrown away at every pause that is no endpoint: not while the model is behind."""
+    scheduler, decoder, out = parts
+    scheduler.request_final(1, audio(100), 100)
+    decoder.wait_started()
+    scheduler.request_final(2, audio(100), 100)  # queued behind it
+    assert not scheduler.request_speculative(3, audio(300), 300)
+    decoder.release(2)
+    out.wait_for(2)
+    assert scheduler.request_speculative(3, audio(300), 300)  # the model caught up
+    decoder.release()
+    scheduler.request_final(3, audio(300), 300)
+    assert [(d.utterance_id, d.speculative) for d in out.wait_for(3)][-1] == (3, True)
+    assert scheduler._s.speculation == {"declined": 1, "requested": 1, "used": 1}
+

@@ -146,9 +146,9 @@ class LivePipeline:
                 or self.segmenter.position - silence_at < self.settings.speculative_after_ms * RATE // 1000):
             return
         current = self.segmenter.current_audio()
-        if current is not None:
+        if current is not None and self.scheduler.request_speculative(utterance, current.audio, silence_at,
+                                                                      current.start_sample):
             self._speculated = utterance
-            self.scheduler.request_speculative(utterance, current.audio, silence_at, current.start_sample)
 
     def _maybe_partial(self):
         utterance = self.segmenter.utterance_id
