@@ -196,8 +196,10 @@ class Agent:
     def _shut_down(self) -> bool:
         """Every stream's pending finals decoded and delivered (each within drain_timeout_s); True if they were."""
         if self.decoder is not None:
-            log.info("model time by kind of decode: %s; runs stopped midway: %s",
+            log.info("model time by kind of decode: %s; runs stopped midway: %s; speculative decodes: %s; "
+                     "runs of finals by batch size: %s",
                      {k: round(v, 1) for k, v in self.decoder.model_seconds.items()}, dict(self.decoder.cancelled),
+                     dict(self.decoder.speculation), dict(sorted(self.decoder.batches.items())),
                      extra={"EVENT": "decoder_totals"})
         drained = True
         timeout = self.settings.pipeline.drain_timeout_s

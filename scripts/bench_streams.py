@@ -3,8 +3,9 @@
 
 Each device streams its own conversation (espeak-ng sentences, English and Mandarin, with
 0.6-2.5 s pauses) at real-time pace in 100 ms frames over WebSocket, starts staggered over the
-first seconds. Measured at the client: end of speech (the sentence's last sample, sent at its
-real-time instant) -> final received, p50/p95; finals lost (an utterance the server ended,
+first seconds. Measured at the client: end of speech (the last sample of an utterance's last sentence, sent
+at its real-time instant) -> final received, p50/p95 (a sentence followed by more speech after a pause
+shorter than the endpoint is inside an utterance: counted as covered, not as an end of speech); finals lost (an utterance the server ended,
 speech_end, without its final; or a sentence no final covers); partials per utterance. Measured
 on the server process: CPU (utime + stime over wall) and peak RSS.
 
@@ -42,6 +43,11 @@ sys.path.insert(0, str(REPO / "scripts"))
 from bench_longform import synthesize  # noqa: E402 - the same espeak-ng sentence pool
 
 SR = 16000
+LATE, BLOCKED = [], []
+# A final ending this long after a sentence's end covers the next sentence too (the pause between them was
+# shorter than the endpoint): measured on 8 streams, finals end 0.16-0.21 s after the utterance's last
+# sentence and 2.3-3.7 s after one inside it.
+INSIDE_S = 1.0
 FRAME = SR // 10  # 100 ms
 
 
@@ -150,14 +156,18 @@ async def device(port: int, name: str, audio: bytes, turns: list, delay: float, 
             wait = at - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
+            before = time.monotonic()
             await ws.send(audio[i:i + 2 * FRAME])
+            LATE.append(time.monotonic() - at)  # this client's own lag: sending late, or the server not reading
+            BLOCKED.append(time.monotonic() - before)
         await ws.send(json.dumps({"type": "stop"}))
         await reader
     out[name] = (t0, turns, events)
 
 
 def analyse(results: dict) -> dict:
-    latencies, lost, unmatched, partials, utterances = [], 0, 0, 0, 0
+    latencies, lost, unmatched, partials, utterances, inside = [], 0, 0, 0, 0, 0
+    server = {"endpoint_delay_ms": [], "queue_ms": [], "decode_ms": []}  # the server's own account of each
     for t0, turns, events in results.values():
         finals = [(t, e) for t, e in events if e["type"] == "final"]
         ends = [e for _, e in events if e["type"] == "speech_end"]
@@ -165,23 +175,32 @@ def analyse(results: dict) -> dict:
         partials += sum(1 for _, e in events if e["type"] == "partial")
         utterances += len(finals)
         for start, end in turns:
-            covering = [(t, e) for t, e in finals
-                        if e["audio_start"] * SR <= end + 0.3 * SR and e["audio_end"] * SR >= end - 0.3 * SR]
-            if not covering:
+            # The final that ends at this sentence's end (its audio ends a tail pad after it), if any.
+            ending = [(abs(e["audio_end"] * SR - end), t, e) for t, e in finals
+                      if e["audio_start"] * SR <= end and -0.3 * SR <= e["audio_end"] * SR - end <= INSIDE_S * SR]
+            if not ending:
+                if any(e["audio_start"] * SR <= end < e["audio_end"] * SR for _, e in finals):
+                    inside += 1  # speech went on after a short pause: this sentence's end is no end of speech
+                    continue
                 unmatched += 1
                 if os.environ.get("BENCH_DEBUG"):
                     near = [(round(e["audio_start"], 2), round(e["audio_end"], 2)) for _, e in finals
                             if abs(e["audio_end"] * SR - end) < 5 * SR]
                     print(f"no final covers {start / SR:.2f}-{end / SR:.2f}: {near}", file=sys.stderr)
                 continue
-            received, _ = covering[-1]
+            _, received, final = min(ending, key=lambda item: item[0])
             latencies.append((received - (t0 + end / SR)) * 1000)
+            for key, values in server.items():
+                if final.get("timing", {}).get(key) is not None:
+                    values.append(final["timing"][key])
     pct = (lambda q: float(np.percentile(latencies, q))) if latencies else (lambda q: float("nan"))
     return {"sentences": sum(len(r[1]) for r in results.values()), "finals": utterances, "finals_lost": lost,
-            "sentences_without_final": unmatched,
+            "sentences_without_final": unmatched, "sentences_inside_an_utterance": inside,
             "end_of_speech_to_final_ms": {"p50": round(pct(50), 1), "p95": round(pct(95), 1),
                                           "max": round(max(latencies), 1) if latencies else None},
-            "partials_per_utterance": round(partials / utterances, 2) if utterances else None}
+            "partials_per_utterance": round(partials / utterances, 2) if utterances else None,
+            "server_timing_p50_p95": {key: [round(float(np.percentile(v, q)), 1) for q in (50, 95)]
+                                      for key, v in server.items() if v}}
 
 
 async def run_n(args, n: int, batch_size: int, conversations: list, work: Path) -> dict:
@@ -200,6 +219,9 @@ async def run_n(args, n: int, batch_size: int, conversations: list, work: Path) 
     cpu = server.cpu_seconds() - server._cpu0
     err = server.stop()
     report = analyse(results)
+    report["client_send_late_ms_p50_p95_max"] = [round(1000 * float(np.percentile(LATE, q)), 1) for q in (50, 95, 100)]
+    report["client_send_blocked_ms_p95_max"] = [round(1000 * float(np.percentile(BLOCKED, q)), 1) for q in (95, 100)]
+    LATE.clear(), BLOCKED.clear()
     report.update(streams=n, batch_size=batch_size, wall_s=round(wall, 1), cpu_percent=round(100 * cpu / wall, 1),
                   peak_rss_mib=round(server.rss_mib, 1))
     totals = [line for line in err.splitlines() if "model time by kind of decode" in line]

@@ -366,7 +366,8 @@ class StreamServer:
                             "load": {k: round(v, 3) for k, v in load.items()},
                             "batches": {str(k): v for k, v in sorted(self.decoder.batches.items())},
                             "model_seconds": {k: round(v, 1) for k, v in self.decoder.model_seconds.items()},
-                            "cancelled_runs": dict(self.decoder.cancelled)}}
+                            "cancelled_runs": dict(self.decoder.cancelled),
+                            "speculation": dict(self.decoder.speculation)}}
 
 
 class _Ending:
