@@ -10,6 +10,11 @@ pace in 1024-sample chunks as Home Assistant's pipeline sends them:
   silence) -> transcript received, and end of speech -> transcript.
 
     python scripts/bench_wyoming.py --model /tmp/sv --commands 20
+    python scripts/bench_wyoming.py --model /tmp/sv --peer-command "sh run_peer.sh {port} {threads}" --peer-name X
+
+The peer (--peer-command: any Wyoming STT server started in the foreground on 127.0.0.1:{port}) is
+driven as ours without endpointing: audio-stop 0.7 s after the speech. One command before each run
+warms the server up and is not counted.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import asyncio
 import json
 import os
 import platform
+import signal
 import socket
 import subprocess
 import sys
@@ -44,10 +50,21 @@ def start_server(args, endpoint: bool, work: Path):
                       f"logging:\n  level: warning\nserver:\n  wyoming:\n    enabled: true\n"
                       f"    uri: tcp://127.0.0.1:{port}\n    zeroconf: false\n    endpoint: {str(endpoint).lower()}\n",
                       encoding="utf-8")
-    proc = subprocess.Popen([sys.executable, "-m", "agent", "serve", "--config", str(config)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
-    deadline = time.monotonic() + 60
+    return wait_listening(subprocess.Popen([sys.executable, "-m", "agent", "serve", "--config", str(config)],
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO,
+                                           env={**os.environ, "PYTHONPATH": str(REPO)}), port, 60)
+
+
+def start_peer(args, work: Path):
+    """The peer's own server, started by the user's command line ({port} and {threads} filled in)."""
+    port = free_port()
+    command = args.peer_command.format(port=port, threads=args.threads)
+    return wait_listening(subprocess.Popen(command, shell=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                           cwd=work, start_new_session=True), port, 300)
+
+
+def wait_listening(proc, port: int, seconds: float):
+    deadline = time.monotonic() + seconds
     while True:
         if proc.poll() is not None:
             raise SystemExit(proc.stderr.read().decode()[-2000:])
@@ -113,6 +130,9 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--commands", type=int, default=20)
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench-wyoming"))
+    ap.add_argument("--peer-command", help="starts another Wyoming STT server in the foreground on 127.0.0.1:{port} "
+                                           "with {threads} threads; driven like ours without endpointing")
+    ap.add_argument("--peer-name", default="peer")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     pool = [trimmed(s) for s in synthesize(args.work)]
@@ -120,14 +140,19 @@ def main():
     sentences = [pool[rng.integers(len(pool))] for _ in range(args.commands)]
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d %H:%M"),
               "model": str(args.model), "threads": args.threads}
-    for endpoint in (True, False):
-        proc, port = start_server(args, endpoint, args.work)
+    runs = [("own_endpointing", True), ("client_audio_stop", False)] + ([(args.peer_name, None)]
+                                                                        if args.peer_command else [])
+    for name, endpoint in runs:
+        proc, port = start_server(args, endpoint, args.work) if endpoint is not None else start_peer(args, args.work)
         try:
-            results = [asyncio.run(command(port, s, endpoint)) for s in sentences]
+            asyncio.run(command(port, sentences[0], bool(endpoint)))  # warm-up: first loads are not latency
+            results = [asyncio.run(command(port, s, bool(endpoint))) for s in sentences]
         finally:
-            proc.terminate()
+            if endpoint is None:
+                os.killpg(proc.pid, signal.SIGTERM)  # the peer's shell and its server
+            else:
+                proc.terminate()
             proc.wait(30)
-        name = "own_endpointing" if endpoint else "client_audio_stop"
         report[name] = {key: summary([r[key] for r in results if key in r])
                         for key in ("end_of_speech_to_transcript_ms", "audio_stop_to_transcript_ms")
                         if any(key in r for r in results)}

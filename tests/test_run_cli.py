@@ -402,9 +402,10 @@ def test_a_pipe_writer_that_leaves_ends_its_utterance_at_once(model, tmp_path):
     assert end["reason"] == "gap" and any(e["type"] == "final" for e in events)
 
 
-@pytest.mark.parametrize("after_ms, expected", [(0, [1, 1]), (160, [1])])
-def test_a_pause_between_words_gets_no_speculative_decode(model, tmp_path, after_ms, expected):
-    """A 96 ms pause inside an utterance is shorter than speculative_after_ms: only the real end speculates."""
+@pytest.mark.parametrize("shared, expected", [(False, [1, 1]), (True, [1])])
+def test_a_pause_between_words_gets_no_speculative_decode_on_a_shared_model(model, tmp_path, shared, expected):
+    """A 96 ms pause inside an utterance: alone on the model a stream speculates at every silence; sharing
+    it, only a silence longer than speculative_after_ms (the real end) does."""
     import threading
 
     from agent.audio.file_source import FileSource
@@ -412,6 +413,7 @@ def test_a_pause_between_words_gets_no_speculative_decode(model, tmp_path, after
     from agent.listening.segmenter import Segmenter
     from agent.listening.vad import EnergyVad
     from agent.pipeline.live import LivePipeline
+    from agent.pipeline.scheduler import DecodeScheduler
     from agent.pipeline.settings import PipelineSettings
     from agent.recognizer import load_recognizer
     from agent.settings import RecognizerSettings
@@ -422,12 +424,21 @@ def test_a_pause_between_words_gets_no_speculative_decode(model, tmp_path, after
     class Collect:
         publish, close = staticmethod(lambda event: None), staticmethod(lambda: None)
 
-    pipeline = LivePipeline(FileSource(str(wav), realtime=False), Segmenter(EnergyVad()),
-                            load_recognizer(RecognizerSettings(model_dir=str(model), warmup=False)),
-                            Emitter("dev", "00000000", [Collect]), PipelineSettings(speculative_after_ms=after_ms))
+    recognizer = load_recognizer(RecognizerSettings(model_dir=str(model), warmup=False))
+    decoder = DecodeScheduler(lambda audios, options, cancel: [recognizer.recognize(a, o, cancel=cancel)
+                                                               for a, o in zip(audios, options)])
+    if shared:
+        decoder.lane(lambda done: None)  # another stream, silent
+    decoder.start()
+    pipeline = LivePipeline(FileSource(str(wav), realtime=False), Segmenter(EnergyVad()), recognizer,
+                            Emitter("dev", "00000000", [Collect]), PipelineSettings(speculative_after_ms=160),
+                            scheduler=decoder)
     requested = []
     real = pipeline.scheduler.request_speculative
     pipeline.scheduler.request_speculative = lambda utterance, *rest: (requested.append(utterance),
                                                                        real(utterance, *rest))[1]
-    assert pipeline.run(threading.Event())
+    try:
+        assert pipeline.run(threading.Event())
+    finally:
+        decoder.stop(5.0)
     assert requested == expected

@@ -139,11 +139,14 @@ class LivePipeline:
             self.scheduler.request_final(event.utterance_id, event.audio, speech_end, event.audio_start_sample)
 
     def _maybe_speculate(self):
-        """Once the open utterance's silence has lasted speculative_after_ms, decode it as if it ended there."""
+        """Decode the open utterance as if it ended where its silence began: at once when the model is this
+        stream's alone, else once the silence has lasted speculative_after_ms."""
         utterance = self.segmenter.utterance_id
         silence_at = self._silence_at.get(utterance) if utterance is not None else None
-        if (not self.settings.speculative_final or silence_at is None or self._speculated == utterance
-                or self.segmenter.position - silence_at < self.settings.speculative_after_ms * RATE // 1000):
+        if not self.settings.speculative_final or silence_at is None or self._speculated == utterance:
+            return
+        wait_ms = self.settings.speculative_after_ms if self.scheduler.shared else 0
+        if self.segmenter.position - silence_at < wait_ms * RATE // 1000:
             return
         current = self.segmenter.current_audio()
         if current is not None and self.scheduler.request_speculative(utterance, current.audio, silence_at,

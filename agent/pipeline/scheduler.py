@@ -284,6 +284,12 @@ class Lane:
         with self._cond:
             return bool(self._running)
 
+    @property
+    def shared(self) -> bool:
+        """Whether other streams use the model too."""
+        with self._cond:
+            return len(self._s._lanes) > 1
+
     def _job(self, kind, utterance_id, audio, end_sample, start_sample) -> Job:
         return Job(kind, self, utterance_id, audio, end_sample, start_sample, self._options())
 
