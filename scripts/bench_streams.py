@@ -217,11 +217,15 @@ async def run_n(args, n: int, batch_size: int, conversations: list, work: Path) 
     tasks = [asyncio.create_task(device(server.port, f"dev{i:02d}", *conversations[i], i * stagger / n, results))
              for i in range(n)]
     started = time.monotonic()
-    while not all(t.done() for t in tasks):
-        server.sample()
-        await asyncio.sleep(0.5)
-    for t in tasks:
-        t.result()
+    try:
+        while not all(t.done() for t in tasks):
+            server.sample()
+            await asyncio.sleep(0.5)
+        for t in tasks:
+            t.result()
+    except BaseException:
+        server.stop()  # never leave a server decoding behind the next run
+        raise
     wall = time.monotonic() - started
     cpu = server.cpu_seconds() - server._cpu0
     err = server.stop()
@@ -325,11 +329,15 @@ async def run_peer(args, n: int, conversations: list, work: Path) -> dict:
     tasks = [asyncio.create_task(peer_device(server.port, f"dev{i:02d}", *conversations[i], i * stagger / n,
                                              results, args.silero_vad)) for i in range(n)]
     started = time.monotonic()
-    while not all(t.done() for t in tasks):
-        server.sample()
-        await asyncio.sleep(0.5)
-    for t in tasks:
-        t.result()
+    try:
+        while not all(t.done() for t in tasks):
+            server.sample()
+            await asyncio.sleep(0.5)
+        for t in tasks:
+            t.result()
+    except BaseException:
+        server.stop()  # never leave a server decoding behind the next run
+        raise
     wall = time.monotonic() - started
     cpu = server.cpu_seconds() - server._cpu0
     server.stop()
@@ -364,7 +372,8 @@ def main():
     args.work.mkdir(parents=True, exist_ok=True)
     pool = [trimmed(s) for s in synthesize(args.work)]
     counts = [int(x) for x in args.streams.split(",")]
-    conversations = [conversation(pool, args.seconds, seed=100 + i, workload=args.workload) for i in range(max(counts))]
+    most = max(counts + [int(x) for x in (args.peer_streams or "0").split(",")])
+    conversations = [conversation(pool, args.seconds, seed=100 + i, workload=args.workload) for i in range(most)]
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d %H:%M"),
               "model": str(args.model), "threads": args.threads, "seconds_per_device": args.seconds,
               "workload": args.workload, "speech_share": round(float(np.mean(

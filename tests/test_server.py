@@ -382,3 +382,37 @@ def test_a_stream_is_refused_while_the_model_is_at_capacity(tmp_path):
     assert response.status_code == 503 and response.headers["Retry-After"] == "30"
     assert b"at capacity (95% of the last minute on finals)" in response.body
     assert server.refused == {"busy": 1}
+
+
+def test_a_client_that_stops_gets_its_final_while_the_model_is_behind(tmp_path, model):
+    """The model is behind (each decode takes 1.5 s): a stop still gets the last final, although that takes
+    longer than pipeline.drain_timeout_s, which bounds only a shutdown."""
+    import threading
+
+    from agent.pipeline.scheduler import DecodeScheduler
+    from agent.recognizer import load_recognizer
+    from agent.server.server import StreamServer
+    from agent.settings import RecognizerSettings, Settings
+
+    recognizer = load_recognizer(RecognizerSettings(model_dir=str(model), warmup=False))
+    slow = threading.Event()
+
+    def decode(audios, options, cancel):
+        slow.wait(1.5)  # never set: a model far behind
+        return recognizer.recognize_batch(audios, options, cancel=cancel)
+
+    decoder = DecodeScheduler(decode)
+    decoder.start()
+    settings = Settings()
+    settings.vad.kind, settings.pipeline.drain_timeout_s, settings.pipeline.speculative_final = "energy", 0.2, False
+    settings.server.port, settings.server.host, settings.server.auth = free_port(), "127.0.0.1", "none"
+    settings.server.idle_timeout_s = 10.0
+    server = StreamServer(settings, recognizer, decoder, session="00000000")
+    server.start()
+    try:
+        events, code = asyncio.run(stream(f"ws://127.0.0.1:{settings.server.port}/ws/stt/dev",
+                                          frames(s16(np.concatenate([silence(0.3), speech(1.0)])))))
+    finally:
+        server.stop(1.0)
+        decoder.stop(1.0)
+    assert code == 1000 and len(finals(events)) == 1

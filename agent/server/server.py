@@ -135,7 +135,8 @@ class StreamServer:
         streams = list(self.streams.values())
         for ending in list(self._endings.values()):
             ending.end(1001, "the server is stopping")
-        drained = all([await stream.wait(timeout) for stream in streams])
+        deadline = time.monotonic() + timeout
+        drained = all([await stream.wait(max(0.0, deadline - time.monotonic())) for stream in streams])
         deadline = time.monotonic() + 5
         while self.streams and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
@@ -236,7 +237,8 @@ class StreamServer:
             drained = True
             if stream is not None:
                 stream.finish()  # the open utterance ends; its final is decoded and sent before the close
-                drained = await stream.wait(self.settings.pipeline.drain_timeout_s + 1)
+                drained = await stream.wait((self.settings.pipeline.drain_timeout_s if self._stopping
+                                             else stream.drain_timeout_s) + 1)
             await asyncio.sleep(0)  # the events the pipeline thread handed over last
             sink.close()
             try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import threading
 import time
@@ -93,7 +94,11 @@ class NetworkStream:
         self.emitter.sinks.append(self)  # counts finals and their latency for health
         segmenter = Segmenter.from_settings(load_vad(settings.vad), segmenter_settings or settings.segmenter,
                                             settings.vad, first_utterance_id=first_utterance_id)
-        self.pipeline = LivePipeline(self.source, segmenter, recognizer, self.emitter, settings.pipeline,
+        # A client that sends stop waits for its last final: with the model behind (every stream's finals
+        # queued), that can take longer than drain_timeout_s, which bounds a shutdown, not a client's wait.
+        self.drain_timeout_s = max(settings.pipeline.drain_timeout_s, settings.server.idle_timeout_s)
+        self.pipeline = LivePipeline(self.source, segmenter, recognizer, self.emitter,
+                                     dataclasses.replace(settings.pipeline, drain_timeout_s=self.drain_timeout_s),
                                      scheduler=decoder)
         self.pipeline.options = options
         self._stop = threading.Event()
