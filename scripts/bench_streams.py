@@ -273,6 +273,16 @@ class PeerServer(Server):
 
 async def peer_device(port: int, name: str, audio: bytes, turns: list, delay: float, out: dict, silero: Path):
     """A device doing its own VAD and sending each finished utterance, as with sherpa-onnx's server."""
+    await asyncio.sleep(delay)
+    events, started = [], {"t0": time.monotonic()}
+    try:
+        await _peer_stream(port, audio, events, started, silero)
+    except Exception as exc:  # noqa: BLE001 - a dropped connection is a result: reported
+        FAILED.append(f"{name}: {type(exc).__name__}: {exc}"[:200])
+    out[name] = (started["t0"], turns, events)
+
+
+async def _peer_stream(port: int, audio: bytes, events: list, started: dict, silero: Path):
     import sherpa_onnx
     from websockets.asyncio.client import connect
 
@@ -282,11 +292,10 @@ async def peer_device(port: int, name: str, audio: bytes, turns: list, delay: fl
     config.sample_rate = SR
     vad = sherpa_onnx.VoiceActivityDetector(config, buffer_size_in_seconds=60)
     window = config.silero_vad.window_size
-    await asyncio.sleep(delay)
-    events, pending = [], asyncio.Queue()
+    pending = asyncio.Queue()
     samples = np.frombuffer(audio, "<i2").astype(np.float32) / 32768
     async with connect(f"ws://127.0.0.1:{port}", max_size=None) as ws:
-        t0 = time.monotonic()
+        started["t0"] = t0 = time.monotonic()
 
         async def send_and_receive():
             while True:
@@ -319,7 +328,6 @@ async def peer_device(port: int, name: str, audio: bytes, turns: list, delay: fl
         pending.put_nowait(None)
         await worker
         await ws.send("Done")
-    out[name] = (t0, turns, events)
 
 
 async def run_peer(args, n: int, conversations: list, work: Path) -> dict:
@@ -342,6 +350,8 @@ async def run_peer(args, n: int, conversations: list, work: Path) -> dict:
     cpu = server.cpu_seconds() - server._cpu0
     server.stop()
     report = analyse(results)
+    report["connections_failed"] = list(FAILED)
+    FAILED.clear()
     report.update(streams=n, peer="sherpa-onnx non_streaming_server.py, batch 3, device-side Silero VAD",
                   wall_s=round(wall, 1), server_cpu_percent=round(100 * cpu / wall, 1),
                   peak_rss_mib=round(server.rss_mib, 1))
