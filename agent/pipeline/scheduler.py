@@ -96,7 +96,7 @@ class DecodeScheduler:
         self.batches: collections.Counter = collections.Counter()  # batch size -> runs of finals
         self.model_seconds: collections.Counter = collections.Counter()  # run kind -> model time, for health
         self.cancelled: collections.Counter = collections.Counter()  # run kind -> runs stopped midway
-        self.speculation: collections.Counter = collections.Counter()  # requested | declined (busy) | used
+        self.speculation: collections.Counter = collections.Counter()  # requested | declined | used
         self._thread = threading.Thread(target=self._run, name="decode", daemon=True)
 
     # ------------------------------------------------------------------ streams
@@ -157,7 +157,8 @@ class DecodeScheduler:
         """The oldest candidate, with the others closest to it in length: a batch computes its longest
         item times its size, so a padded item costs as much as a real one (random lengths of 1.5-3.5 s
         padded a batch of four by up to half)."""
-        first, rest = candidates[0], sorted(candidates[1:], key=lambda j: abs(len(j.audio) - len(candidates[0].audio)))
+        first = candidates[0]
+        rest = sorted(candidates[1:], key=lambda j: abs(len(j.audio) - len(first.audio)))
         jobs = [first]
         for job in rest:
             if len(jobs) >= self.batch_size:
