@@ -333,3 +333,44 @@ def test_the_service_is_announced_by_zeroconf_where_multicast_works(tmp_path, mo
         assert "zeroconf announcement failed" in err or "Wyoming speech-to-text at" in err
         pytest.skip("no multicast on this machine: the announcement was not seen (the server said so or tried)")
     assert found[0].startswith("stt-agent-") and info is not None and info.port == server.port
+
+
+def test_audio_stop_gets_its_transcript_while_the_model_is_behind(model):
+    """Each decode takes 1.5 s, longer than pipeline.drain_timeout_s: the transcript still comes, not an
+    empty one."""
+    import threading
+
+    from agent.pipeline.scheduler import DecodeScheduler
+    from agent.recognizer import load_recognizer
+    from agent.server.wyoming_server import WyomingServer
+    from agent.settings import RecognizerSettings, Settings
+
+    recognizer = load_recognizer(RecognizerSettings(model_dir=str(model), warmup=False))
+    never = threading.Event()
+
+    def decode(audios, options, cancel):
+        never.wait(1.5)  # a model far behind
+        return recognizer.recognize_batch(audios, options, cancel=cancel)
+
+    decoder = DecodeScheduler(decode)
+    decoder.start()
+    settings = Settings()
+    settings.vad.kind, settings.pipeline.drain_timeout_s, settings.pipeline.speculative_final = "energy", 0.2, False
+    settings.server.idle_timeout_s = 10.0
+    port = free_port()
+    settings.server.wyoming.enabled, settings.server.wyoming.zeroconf = True, False
+    settings.server.wyoming.uri, settings.server.wyoming.endpoint = f"tcp://127.0.0.1:{port}", False
+    server = WyomingServer(settings, recognizer, decoder, session="00000000")
+    server.start()
+
+    class Client:
+        def client(self):
+            return AsyncTcpClient("127.0.0.1", port)
+
+    try:
+        events, sent_stop, _ = asyncio.run(ha_utterance(Client(), pcm(turn(talk=1.0, after=0.1))))
+    finally:
+        server.stop(1.0)
+        decoder.stop(1.0)
+    transcript = Transcript.from_event(events[-1])
+    assert sent_stop and transcript.text

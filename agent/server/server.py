@@ -23,6 +23,7 @@ from agent.errors import AgentError, ConfigError
 from agent.events import Emitter, Problem
 from agent.mqtt.health import LatencyWindow, RateLimitedLog
 from agent.server import auth
+from agent.server.loop import close_loop
 from agent.server.protocol import AudioDecoder, ProtocolError, StreamFormat, parse_text
 from agent.server.stream import NetworkStream, SocketSink
 
@@ -101,7 +102,7 @@ class StreamServer:
         self._ready.set()
         self._keepalive_task = self._loop.create_task(self._keepalive())
         self._loop.run_forever()
-        self._loop.close()
+        close_loop(self._loop)
 
     async def _listen(self):
         from websockets.asyncio.server import serve

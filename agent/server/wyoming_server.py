@@ -30,6 +30,7 @@ from wyoming.server import AsyncEventHandler
 from agent import __version__
 from agent.errors import AgentError, ConfigError
 from agent.events import Emitter, Stamped
+from agent.server.loop import close_loop
 from agent.server.stream import NetworkStream
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ class WyomingServer:
             return
         self._ready.set()
         self._loop.run_forever()
-        self._loop.close()
+        close_loop(self._loop)
 
     async def _listen(self):
         from wyoming.server import AsyncServer
@@ -138,7 +139,7 @@ class WyomingServer:
                 await self._zeroconf._aiozc.async_close()
             except Exception:  # noqa: BLE001
                 pass
-        drained = all([await h.finish(timeout) for h in list(self.handlers)])
+        drained = all(await asyncio.gather(*(h.finish(timeout) for h in list(self.handlers))))
         await self._server.stop()
         return drained
 
@@ -361,7 +362,7 @@ class WyomingHandler(AsyncEventHandler):
         if self.resampler is not None:
             stream.push(self.resampler.resample_chunk(np.zeros(0, np.float32), last=True))
         stream.finish()
-        await stream.wait(self.server.settings.pipeline.drain_timeout_s + 1)
+        await stream.wait(stream.drain_timeout_s + 1)  # a lost client or a stop is bounded by finish()
         await asyncio.sleep(0)  # the events the pipeline thread handed over last are queued now...
         await self._events.join()  # ...and handled (the final becomes the transcript)
         self.server._devices[stream.device_id] = (stream.emitter.last_seq, stream.next_utterance_id)
