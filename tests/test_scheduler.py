@@ -404,8 +404,9 @@ def test_speculation_waits_for_the_endpoint_while_finals_wait(parts):
     decoder.release(2)
     out.wait_for(2)
     assert scheduler.request_speculative(3, audio(300), 300)  # the model caught up
-    decoder.release()
+    decoder.wait_started(2)  # final 2's decode, then the speculative one
     scheduler.request_final(3, audio(300), 300)
+    decoder.release()
     assert [(d.utterance_id, d.speculative) for d in out.wait_for(3)][-1] == (3, True)
     assert scheduler._s.speculation == {"declined": 1, "requested": 1, "used": 1}
 
