@@ -4,8 +4,10 @@ files, typed events as the pipeline makes them, and MQTT settings pointed at a t
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 import wave
 from pathlib import Path
 
@@ -25,6 +27,24 @@ def run(*args, cwd=None, env=None, timeout=120):
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True,
                           cwd=cwd or ROOT, env=full_env, timeout=timeout)
+
+
+def start_serve(config: Path, port: int, timeout: float = 30.0) -> subprocess.Popen:
+    """`python -m agent serve --config CONFIG` (text pipes), returned once it listens on 127.0.0.1:PORT."""
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "serve", "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"serve exited {proc.returncode}: {proc.stderr.read()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return proc
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"serve did not listen on port {port} within {timeout:g} s")
 
 
 def write_wav(path: Path, samples: np.ndarray, rate=16000, channels=1):

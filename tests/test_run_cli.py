@@ -257,19 +257,25 @@ def test_a_wav_piped_into_stdin_keeps_its_rate(model, tmp_path):
     assert end["at"] == pytest.approx(1.5 + 0.2, abs=0.1)
 
 
-def test_a_named_pipe_feeds_the_service_across_writers(model, tmp_path):
-    """A mic-less box: audio.input is a FIFO; each writer's speech gets its final; SIGTERM ends it."""
+def run_on_fifo(model, tmp_path):
+    """(the named pipe, `stt-agent run` reading it): a mic-less box's input."""
     import os
-    import signal
     import sys
-    import time
 
     fifo = tmp_path / "audio"
     os.mkfifo(fifo)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--input", str(fifo), "--model", str(model),
                              "--vad", "energy"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=ROOT, env=env)
+                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return fifo, proc
+
+
+def test_a_named_pipe_feeds_the_service_across_writers(model, tmp_path):
+    """A mic-less box: audio.input is a FIFO; each writer's speech gets its final; SIGTERM ends it."""
+    import signal
+    import time
+
+    fifo, proc = run_on_fifo(model, tmp_path)
     try:
         for seed in (0, 1):
             pcm = np.concatenate([silence(0.3), burst(1.0, seed=seed), silence(0.8)]).astype("<i2").tobytes()
@@ -374,17 +380,10 @@ def test_sigterm_while_stdin_stays_open_exits_cleanly(model):
 
 def test_a_pipe_writer_that_leaves_ends_its_utterance_at_once(model, tmp_path):
     """The writer closes mid-speech: its final comes now, not glued onto the next writer's audio."""
-    import os
     import signal
-    import sys
     import time
 
-    fifo = tmp_path / "audio"
-    os.mkfifo(fifo)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--input", str(fifo), "--model", str(model),
-                             "--vad", "energy"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=ROOT, env=env)
+    fifo, proc = run_on_fifo(model, tmp_path)
     try:
         with open(fifo, "wb") as out:
             out.write(np.concatenate([silence(0.3), burst(1.0)]).astype("<i2").tobytes())  # no silence after

@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
 import tiny_models as tm
-from helpers import ROOT
-from mosquitto_fixture import Subscriber, needs_mosquitto, retained
+from helpers import start_serve
+from mosquitto_fixture import Subscriber, free_port, needs_mosquitto, retained
 
 websockets = pytest.importorskip("websockets")
 from websockets.asyncio.client import connect  # noqa: E402
@@ -31,12 +28,6 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus  # noqa: E402
 RATE = 16000
 TOKEN = "0123456789abcdef0123456789abcdef"
 KIOSK_TOKEN = "kiosk-only-token-0123456789abcdef"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def speech(seconds=1.0, seed=0):
@@ -69,19 +60,7 @@ class Serve:
             lines.append(f"mqtt:\n  enabled: true\n  host: {broker.host}\n  port: {broker.port}\n  device_id: box")
         self.config = tmp_path / "serve.yaml"
         self.config.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        self.proc = subprocess.Popen([sys.executable, "-m", "agent", "serve", "--config", str(self.config)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                                     env={**os.environ, "PYTHONPATH": str(ROOT)})
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"serve exited {self.proc.returncode}: {self.proc.stderr.read()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError("serve did not listen")
+        self.proc = start_serve(self.config, self.port)
 
     def url(self, device="dev-1", token=TOKEN, query=False):
         base = f"ws://127.0.0.1:{self.port}/ws/stt/{device}"

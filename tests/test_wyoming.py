@@ -6,19 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
 import tiny_models as tm
-from helpers import ROOT, run, write_wav
-from mosquitto_fixture import Subscriber, needs_mosquitto
+from helpers import run, start_serve, write_wav
+from mosquitto_fixture import Subscriber, free_port, needs_mosquitto
 
 pytest.importorskip("wyoming")
 from wyoming.asr import Transcribe, Transcript, TranscriptChunk, TranscriptStart, TranscriptStop  # noqa: E402
@@ -29,12 +26,6 @@ from wyoming.event import async_read_event  # noqa: E402
 from wyoming.info import Describe, Info  # noqa: E402
 
 RATE = 16000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def turn(seed=0, talk=1.2, before=0.3, after=1.0):
@@ -59,20 +50,7 @@ class Wyoming:
             lines.append(f"mqtt:\n  enabled: true\n  host: {broker.host}\n  port: {broker.port}\n  device_id: box")
         config = tmp_path / "wyoming.yaml"
         config.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        self.proc = subprocess.Popen([sys.executable, "-m", "agent", "serve", "--config", str(config)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                                     env={**os.environ, "PYTHONPATH": str(ROOT)})
-        deadline = time.monotonic() + 30
-        while True:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"serve exited {self.proc.returncode}: {self.proc.stderr.read()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise AssertionError("the Wyoming server did not listen") from None
-                time.sleep(0.05)
+        self.proc = start_serve(config, self.port)
 
     def client(self) -> AsyncTcpClient:
         return AsyncTcpClient("127.0.0.1", self.port)
