@@ -92,6 +92,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_listening(proc, port: int, seconds: float, what: str) -> None:
+    """Until `proc` listens on 127.0.0.1:PORT; exits the benchmark if it dies or takes over `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(f"{what} exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{what} did not listen within {seconds:g} s") from None
+            time.sleep(0.1)
+
+
 class Server:
     def __init__(self, args, batch_size: int, work: Path):
         self.port = free_port()
@@ -104,17 +119,7 @@ class Server:
         self.proc = subprocess.Popen([sys.executable, "-m", "agent", "serve", "--config", str(config)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO,
                                      env={**os.environ, "PYTHONPATH": str(REPO)})
-        deadline = time.monotonic() + 60
-        while True:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"bench_streams: serve exited: {self.proc.stderr.read().decode()[-2000:]}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SystemExit("bench_streams: serve did not listen within 60 s") from None
-                time.sleep(0.1)
+        wait_listening(self.proc, self.port, 60, "bench_streams: serve")
         self.rss_mib = 0.0
         self._cpu0 = self.cpu_seconds()
 
@@ -256,17 +261,7 @@ class PeerServer(Server):
              "--port", str(self.port), "--doc-root", str(args.peer_server / "web")],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=work,
             env={**os.environ, "PYTHONPATH": str(args.peer_server)})
-        deadline = time.monotonic() + 60
-        while True:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"bench_streams: the peer server exited: {self.proc.stderr.read().decode()[-2000:]}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SystemExit("bench_streams: the peer server did not listen") from None
-                time.sleep(0.1)
+        wait_listening(self.proc, self.port, 60, "bench_streams: the peer server")
         self.rss_mib = 0.0
         self._cpu0 = self.cpu_seconds()
 

@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,7 +35,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 from bench_longform import synthesize  # noqa: E402
-from bench_streams import free_port, trimmed  # noqa: E402
+from bench_streams import free_port, trimmed, wait_listening  # noqa: E402
 
 SR = 16000
 CHUNK = 1024  # samples per audio-chunk, as Home Assistant sends them
@@ -50,31 +49,21 @@ def start_server(args, endpoint: bool, work: Path):
                       f"logging:\n  level: warning\nserver:\n  wyoming:\n    enabled: true\n"
                       f"    uri: tcp://127.0.0.1:{port}\n    zeroconf: false\n    endpoint: {str(endpoint).lower()}\n",
                       encoding="utf-8")
-    return wait_listening(subprocess.Popen([sys.executable, "-m", "agent", "serve", "--config", str(config)],
-                                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO,
-                                           env={**os.environ, "PYTHONPATH": str(REPO)}), port, 60)
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "serve", "--config", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    wait_listening(proc, port, 60, "the Wyoming server")
+    return proc, port
 
 
 def start_peer(args, work: Path):
     """The peer's own server, started by the user's command line ({port} and {threads} filled in)."""
     port = free_port()
     command = args.peer_command.format(port=port, threads=args.threads)
-    return wait_listening(subprocess.Popen(command, shell=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                           cwd=work, start_new_session=True), port, 300)
-
-
-def wait_listening(proc, port: int, seconds: float):
-    deadline = time.monotonic() + seconds
-    while True:
-        if proc.poll() is not None:
-            raise SystemExit(proc.stderr.read().decode()[-2000:])
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return proc, port
-        except OSError:
-            if time.monotonic() > deadline:
-                raise SystemExit("the Wyoming server did not listen") from None
-            time.sleep(0.1)
+    proc = subprocess.Popen(command, shell=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=work,
+                            start_new_session=True)
+    wait_listening(proc, port, 300, "the peer")
+    return proc, port
 
 
 async def command(port: int, sentence: np.ndarray, endpoint: bool) -> dict:
