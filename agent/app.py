@@ -243,8 +243,7 @@ class Agent:
         if self.server is not None:
             health["server"] = self.server.stats()
         if self.wyoming is not None:
-            health["wyoming"] = {"connections": len(self.wyoming.handlers), "transcripts": self.wyoming.transcripts,
-                                 "refused": self.wyoming.refused}
+            health["wyoming"] = self.wyoming.stats()
         return health
 
     def _command(self, command: dict):

@@ -146,6 +146,10 @@ class WyomingServer:
     def _handler(self, reader, writer):
         return WyomingHandler(self, reader, writer)
 
+    def stats(self) -> dict:
+        """For health: connections open now, transcripts sent, connections refused."""
+        return {"connections": len(self.handlers), "transcripts": self.transcripts, "refused": self.refused}
+
     # ------------------------------------------------------------------ for the handlers
     def info(self):
         from wyoming.info import AsrModel, AsrProgram, Attribution, Info
