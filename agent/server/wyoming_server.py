@@ -401,21 +401,13 @@ class WyomingHandler(AsyncEventHandler):
                 self._events.task_done()
 
     async def on_event(self, stamped: Stamped):
-        from wyoming.asr import TranscriptChunk, TranscriptStart
-
         event = stamped.event
         if self._answered:
             return
         if event.type == "speech_start":
             self._speech_heard = True
         elif event.type == "partial":
-            text = event.result.text
-            if not self._started_streaming:
-                self._started_streaming = True
-                await self._write(TranscriptStart(language=self._language_of(event.result)).event())
-            if text.startswith(self._streamed) and len(text) > len(self._streamed):
-                await self._write(TranscriptChunk(text=text[len(self._streamed):]).event())
-                self._streamed = text
+            await self._stream_text(event.result.text, self._language_of(event.result))
         elif event.type == "final":
             if self.server.w.endpoint or self.stream is None:
                 await self._send_transcript(stamped)
@@ -423,7 +415,7 @@ class WyomingHandler(AsyncEventHandler):
                     asyncio.get_running_loop().create_task(self._end_stream(reason="end of speech"))
 
     async def _send_transcript(self, stamped: Optional[Stamped]):
-        from wyoming.asr import Transcript, TranscriptChunk, TranscriptStart, TranscriptStop
+        from wyoming.asr import Transcript, TranscriptStop
 
         if self._answered:
             return
@@ -432,10 +424,7 @@ class WyomingHandler(AsyncEventHandler):
         final = stamped.event if stamped is not None else None
         text = final.result.text if final is not None else ""
         language = self._language_of(final.result if final is not None else None)
-        if not self._started_streaming:
-            await self._write(TranscriptStart(language=language).event())
-        if text.startswith(self._streamed) and len(text) > len(self._streamed):
-            await self._write(TranscriptChunk(text=text[len(self._streamed):]).event())
+        await self._stream_text(text, language)
         await self._write(TranscriptStop().event())
         transcript = Transcript(text=text, language=language).event()
         if final is not None:
@@ -448,6 +437,17 @@ class WyomingHandler(AsyncEventHandler):
                 timing={k: round(v, 1) for k, v in (("decode_ms", final.decode_ms), ("queue_ms", final.queue_ms),
                                                    ("endpoint_delay_ms", final.endpoint_delay_ms)) if v is not None})
         await self._write(transcript)
+
+    async def _stream_text(self, text: str, language: Optional[str]):
+        """transcript-start the first time, then a transcript-chunk of whatever `text` adds to what was sent."""
+        from wyoming.asr import TranscriptChunk, TranscriptStart
+
+        if not self._started_streaming:
+            self._started_streaming = True
+            await self._write(TranscriptStart(language=language).event())
+        if text.startswith(self._streamed) and len(text) > len(self._streamed):
+            await self._write(TranscriptChunk(text=text[len(self._streamed):]).event())
+            self._streamed = text
 
     def _language_of(self, result) -> Optional[str]:
         """The language as the client named it when it asked for one; else the detected one."""
