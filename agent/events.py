@@ -157,6 +157,15 @@ class Emitter:
                     log.exception("sink %s failed on a %s event", type(sink).__name__, event.type)
         return stamped
 
+    def attach(self, sink: Sink) -> None:
+        """A sink for this device's events from now on (a connection's socket)."""
+        with self._lock:
+            self.sinks = [*self.sinks, sink]
+
+    def detach(self, sink: Sink) -> None:
+        with self._lock:
+            self.sinks = [s for s in self.sinks if s is not sink]
+
     @property
     def last_seq(self) -> int:
         return self._seq

@@ -336,7 +336,7 @@ def test_a_client_faster_than_real_time_is_slowed_by_not_reading_its_socket(tmp_
 def test_a_stream_is_refused_while_the_model_is_at_capacity(tmp_path):
     """Admission control: when finals already take most of the model's time, one more stream would slow
     every stream's finals down, so it is told to come back (503, Retry-After)."""
-    from agent.server.server import StreamServer
+    from agent.server.loop import NetworkLoop
     from agent.settings import Settings
 
     class AtCapacity:
@@ -345,7 +345,8 @@ def test_a_stream_is_refused_while_the_model_is_at_capacity(tmp_path):
 
     settings = Settings()
     settings.server.port, settings.server.host, settings.server.auth = free_port(), "127.0.0.1", "none"
-    server = StreamServer(settings, recognizer=None, decoder=AtCapacity(), session="00000000")
+    settings.server.enabled = True
+    server = NetworkLoop(settings, recognizer=None, decoder=AtCapacity(), session="00000000")
     server.start()
 
     async def attempt():
@@ -370,15 +371,15 @@ def test_a_client_that_stops_gets_its_final_while_the_model_is_behind(tmp_path, 
 
     from agent.pipeline.scheduler import DecodeScheduler
     from agent.recognizer import load_recognizer
-    from agent.server.server import StreamServer
+    from agent.server.loop import NetworkLoop
     from agent.settings import RecognizerSettings, Settings
 
     recognizer = load_recognizer(RecognizerSettings(model_dir=str(model), warmup=False))
     slow = threading.Event()
 
-    def decode(audios, options, cancel):
+    def decode(audios, options, offsets, cancel):
         slow.wait(1.5)  # never set: a model far behind
-        return recognizer.recognize_batch(audios, options, cancel=cancel)
+        return recognizer.recognize_batch(audios, options, offsets, cancel=cancel)
 
     decoder = DecodeScheduler(decode)
     decoder.start()
@@ -386,7 +387,8 @@ def test_a_client_that_stops_gets_its_final_while_the_model_is_behind(tmp_path, 
     settings.vad.kind, settings.pipeline.drain_timeout_s, settings.pipeline.speculative_final = "energy", 0.2, False
     settings.server.port, settings.server.host, settings.server.auth = free_port(), "127.0.0.1", "none"
     settings.server.idle_timeout_s = 10.0
-    server = StreamServer(settings, recognizer, decoder, session="00000000")
+    settings.server.enabled = True
+    server = NetworkLoop(settings, recognizer, decoder, session="00000000")
     server.start()
     try:
         events, code = asyncio.run(stream(f"ws://127.0.0.1:{settings.server.port}/ws/stt/dev",

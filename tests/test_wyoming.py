@@ -320,15 +320,15 @@ def test_audio_stop_gets_its_transcript_while_the_model_is_behind(model):
 
     from agent.pipeline.scheduler import DecodeScheduler
     from agent.recognizer import load_recognizer
-    from agent.server.wyoming_server import WyomingServer
+    from agent.server.loop import NetworkLoop
     from agent.settings import RecognizerSettings, Settings
 
     recognizer = load_recognizer(RecognizerSettings(model_dir=str(model), warmup=False))
     never = threading.Event()
 
-    def decode(audios, options, cancel):
+    def decode(audios, options, offsets, cancel):
         never.wait(1.5)  # a model far behind
-        return recognizer.recognize_batch(audios, options, cancel=cancel)
+        return recognizer.recognize_batch(audios, options, offsets, cancel=cancel)
 
     decoder = DecodeScheduler(decode)
     decoder.start()
@@ -338,7 +338,7 @@ def test_audio_stop_gets_its_transcript_while_the_model_is_behind(model):
     port = free_port()
     settings.server.wyoming.enabled, settings.server.wyoming.zeroconf = True, False
     settings.server.wyoming.uri, settings.server.wyoming.endpoint = f"tcp://127.0.0.1:{port}", False
-    server = WyomingServer(settings, recognizer, decoder, session="00000000")
+    server = NetworkLoop(settings, recognizer, decoder, session="00000000")
     server.start()
 
     class Client:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -62,4 +63,9 @@ def device_problem(device_id: str) -> Optional[str]:
     """Why a path's device id cannot name a device (it becomes an MQTT topic level), or None."""
     if len(device_id) > 64:
         return "is longer than 64 characters"
+    for c in device_id:
+        # Bidi controls and zero-width characters make two ids that print alike (a log line, a topic in a
+        # broker's UI) name two devices, or one look like another.
+        if unicodedata.category(c) in ("Cf", "Zl", "Zp"):
+            return f"contains the invisible or direction-changing character U+{ord(c):04X}"
     return topic_problem(device_id, levels=False, max_bytes=MAX_DEVICE_ID_BYTES)

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Tuple
 
 import numpy as np
 
-RATE = 16000
+from agent.audio.format import RATE, Resampler, non_finite, pcm_to_float
 FORMATS = ("s16le", "f32le", "opus")
 OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
 _START_FIELDS = {"type", "sample_rate", "format", "language", "allowed_languages", "channels"}
@@ -100,11 +100,7 @@ class AudioDecoder:
             self._opus_error = opuslib_next.OpusError
             self._opus = opuslib_next.Decoder(fmt.sample_rate, 1)
             self._max_frame = fmt.sample_rate * 120 // 1000  # Opus frames are at most 120 ms
-        self._resampler = None
-        if fmt.sample_rate != RATE:
-            import soxr
-
-            self._resampler = soxr.ResampleStream(fmt.sample_rate, RATE, 1, dtype="float32", quality="HQ")
+        self._resample = Resampler(fmt.sample_rate)
 
     def decode(self, data: bytes) -> np.ndarray:
         if self._opus is not None:
@@ -112,17 +108,14 @@ class AudioDecoder:
                 pcm = self._opus.decode(data, self._max_frame)
             except self._opus_error as exc:
                 raise ProtocolError("bad_audio", f"not an Opus packet ({exc})", fatal=False) from None
-            samples = np.frombuffer(pcm, "<i2").astype(np.float32)
+            samples = pcm_to_float(pcm, 2)
         elif self.format.format == "s16le":
-            samples = np.frombuffer(self._whole(data, 2), "<i2").astype(np.float32)
+            samples = pcm_to_float(self._whole(data, 2), 2)
         else:
-            raw = np.frombuffer(self._whole(data, 4), "<f4")
-            bad = ~np.isfinite(raw)
-            if bad.any():
-                self.non_finite += int(bad.sum())
-                raw = np.where(bad, 0.0, raw)
-            samples = (np.clip(raw, -1.0, 1.0) * 32768).astype(np.float32)
-        return samples if self._resampler is None else self._resampler.resample_chunk(samples)
+            whole = self._whole(data, 4)
+            self.non_finite += non_finite(whole, 4)
+            samples = pcm_to_float(whole, 4, floating=True)
+        return self._resample(samples)
 
     def _whole(self, data: bytes, width: int) -> bytes:
         data = self._carry + data
@@ -130,8 +123,6 @@ class AudioDecoder:
         self._carry = data[usable:]
         return data[:usable]
 
-    def flush(self) -> Optional[np.ndarray]:
+    def flush(self) -> np.ndarray:
         """What the resampler still holds, at the end of the stream."""
-        if self._resampler is None:
-            return None
-        return self._resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+        return self._resample.flush()

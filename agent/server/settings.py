@@ -71,6 +71,13 @@ class ServerSettings:
     admission_load: float = setting(
         0.85, "Refuse a new stream (HTTP 503) while the model spends more than this share of the last minute on "
               "finals: one more would slow every stream's finals down.", min=0.1, max=1.0)
+    max_pending: int = setting(
+        64, "Connections that have not sent a request yet (an HTTP/WebSocket handshake, a Wyoming client's first "
+            "request), on each port. At the cap the one waiting longest is closed: a device that speaks does so "
+            "within milliseconds.", min=1, max=100000)
+    handshake_timeout_s: float = setting(
+        10.0, "How long a connection may take to send its first request before it is closed.", min=0.5,
+        max=600.0)
     max_frame_bytes: int = setting(
         65536, "Largest message a client may send (64 KiB: 2 s of 16 kHz s16le); a larger one closes the "
                "connection (code 1009).", min=1024, max=16777216)

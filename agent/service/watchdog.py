@@ -21,7 +21,7 @@ Phases: while starting (model load, TensorRT engine build) pings go out uncondit
     dog = Watchdog.from_settings(progress, settings.watchdog, status=lambda: {...})
     dog.start()                    # before loading the model
     ...load...; dog.ready("listening on mic")
-    LivePipeline(..., progress=progress).run(stop)   # the lead's wiring
+    LivePipeline(..., progress=progress).run(stop)   # ticks audio_consumed for each block
     dog.stopping(); ...; dog.stop()
 """
 
@@ -49,10 +49,21 @@ STARTING, RUNNING, STOPPING = "starting", "running", "stopping"
 
 
 class Progress:
-    """Marks the pipeline leaves as it works; cheap enough to tick for every audio block."""
+    """Marks the parts that must live leave as they work; cheap enough to tick for every audio block.
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic):
+    `parts`: what must keep moving. "audio": the local pipeline consumes blocks (or knowingly waits for
+    its device); "network": the network loop's heartbeat turns. Devices that do not speak are no stall:
+    the loop still turns while it waits for them. `backlog`, when given, is the age in seconds of the
+    oldest final waiting for the decoder (None: none waits): waiting longer than decode_timeout_s with
+    no decode running means the decode worker is gone.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, parts=("audio",),
+                 backlog: Callable[[], float | None] | None = None):
         self._clock = clock
+        self.parts = tuple(parts)
+        self.backlog = backlog
+        self._beats: dict[str, float] = {}
         self._lock = threading.Lock()
         self._tokens = itertools.count(1)
         self._in_flight: dict[int, float] = {}  # decode token -> when it started
@@ -72,6 +83,10 @@ class Progress:
     def waiting_for_audio(self) -> None:
         """The loop is alive but the source is reopening its device (state `waiting_for_device`)."""
         self.last_waiting = self._clock()
+
+    def beat(self, part: str) -> None:
+        """`part` (e.g. "network") is alive."""
+        self._beats[part] = self._clock()
 
     # --- decode thread ----------------------------------------------------------------------
     def decode_started(self) -> int:
@@ -119,10 +134,18 @@ class Progress:
         decode_age = self.oldest_decode_age(now)
         if decode_age is not None and decode_age > decode_timeout_s:
             return f"a decode has been running for {decode_age:.0f} s (limit {decode_timeout_s:g} s)"
-        marks = [m for m in (self.last_audio, self.last_waiting, since) if m is not None]
-        alive = max(marks) if marks else self.created
-        if now - alive > audio_timeout_s:
-            return f"no audio consumed for {now - alive:.0f} s (limit {audio_timeout_s:g} s)"
+        if decode_age is None and self.backlog is not None:
+            waited = self.backlog()
+            if waited is not None and waited > decode_timeout_s:
+                return f"finals have waited {waited:.0f} s with no decode running (limit {decode_timeout_s:g} s)"
+        for part in self.parts:
+            own = (self.last_audio, self.last_waiting) if part == "audio" else (self._beats.get(part),)
+            marks = [m for m in (*own, since) if m is not None]
+            alive = max(marks) if marks else self.created
+            if now - alive > audio_timeout_s:
+                if part == "audio":
+                    return f"no audio consumed for {now - alive:.0f} s (limit {audio_timeout_s:g} s)"
+                return f"the {part} loop has not run for {now - alive:.0f} s (limit {audio_timeout_s:g} s)"
         return None
 
 
