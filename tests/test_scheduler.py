@@ -410,3 +410,38 @@ def test_speculation_waits_for_the_endpoint_while_finals_wait(parts):
     assert [(d.utterance_id, d.speculative) for d in out.wait_for(3)][-1] == (3, True)
     assert scheduler._s.speculation == {"declined": 1, "requested": 1, "used": 1}
 
+
+
+# --- the batch planner: live and offline -------------------------------------------------------
+def _old_plan_batches(lengths, batch_size, max_padded):
+    """agent/offline/batches.py's planner before next_batch: the behaviour offline keeps."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches = []
+    for i in order:
+        batch = batches[-1] if batches else None
+        if batch is not None and len(batch) < batch_size and lengths[i] * (len(batch) + 1) <= max_padded:
+            batch.append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+def test_offline_plans_the_batches_it_always_did():
+    from agent.offline.batches import plan_batches
+
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        lengths = [int(n) for n in rng.integers(1, 40, size=int(rng.integers(1, 30)))]
+        batch_size, max_padded = int(rng.integers(1, 9)), int(rng.integers(20, 200))
+        assert plan_batches(lengths, batch_size, max_padded) == _old_plan_batches(lengths, batch_size, max_padded)
+
+
+def test_a_live_batch_is_the_oldest_with_its_closest_lengths_padded_by_a_quarter_at_most():
+    from agent.offline.batches import next_batch
+
+    assert next_batch([4800, 2400, 4700], 4, 10**6, 0.25) == [0, 2, 1]  # the closest length joins first
+    assert next_batch([4800, 2400], 4, 10**6, 0.25) == [0]  # 7200 samples of audio padded to 9600: a third
+    assert next_batch([4800, 2400], 4, 10**6) == [0, 1]  # offline caps no padding
+    assert next_batch([6000, 9000, 2000], 4, 16000) == [0, 2]  # 9000 would pad past the bound: the next is tried
+    assert next_batch([100, 100, 100], 2, 1000, 0.25) == [0, 1]
+

@@ -3,15 +3,21 @@
 Segments are gathered into a window, sorted by length so each batch pads little, and cut into
 batches of at most `batch_size` items and `max_batch_seconds` of padded audio (the longest item
 times the count: what the model really computes). Results come back in the segments' order.
+
+`next_batch` is also how the live decode scheduler (agent/pipeline/scheduler.py) batches the
+finals, speculative finals and partials of its streams.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, List, Optional
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, List, Optional, Sequence
 
-from agent.offline.segments import Segment
+if TYPE_CHECKING:  # the scheduler imports this module: it needs no segment reader
+    from agent.offline.segments import Segment
+
+RATE = 16000
 
 
 @dataclass(frozen=True)
@@ -21,16 +27,46 @@ class Decoded:
     decode_ms: float  # this segment's share of its batch's model time
 
 
+def next_batch(lengths: Sequence[int], batch_size: int, max_padded: int,
+               max_padding: Optional[float] = None) -> List[int]:
+    """Indices of one batch out of `lengths`: item 0, which goes now, with the others closest to it in length.
+
+    A batch computes its longest item times its size, so a padded item costs as much as a real one
+    (random lengths of 1.5-3.5 s padded a batch of four by up to half). An item joins only if the
+    batch stays within `max_padded` samples of computed audio and, when `max_padding` is given, its
+    padding stays within that share of its audio (0.25: a quarter); else the next closest is tried.
+    """
+    first = lengths[0]
+    rest = sorted(range(1, len(lengths)), key=lambda i: abs(lengths[i] - first))
+    batch = [0]
+    longest, total = first, first
+    for i in rest:
+        if len(batch) >= batch_size:
+            break
+        wider, more = max(longest, lengths[i]), total + lengths[i]
+        padded = wider * (len(batch) + 1)
+        if padded > max_padded or (max_padding is not None and padded > (1 + max_padding) * more):
+            continue
+        batch.append(i)
+        longest, total = wider, more
+    return batch
+
+
 def plan_batches(lengths: List[int], batch_size: int, max_padded: int) -> List[List[int]]:
-    """Indices of `lengths` grouped into batches: sorted by length, each within both bounds."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    """Indices of `lengths` grouped into batches: sorted by length, each within both bounds.
+
+    No item waits on another here (a window's results are handed back together), so the window is
+    taken shortest first and each batch is the next shortest ones: sorted neighbours pad least. No
+    padding share is capped: offline.batch_size's numbers (a 60-minute file in 94% of the time of
+    one at a time on 2 cores) were measured without one.
+    """
+    remaining = sorted(range(len(lengths)), key=lambda i: lengths[i])
     batches: List[List[int]] = []
-    for i in order:
-        batch = batches[-1] if batches else None
-        if batch is not None and len(batch) < batch_size and lengths[i] * (len(batch) + 1) <= max_padded:
-            batch.append(i)
-        else:
-            batches.append([i])
+    while remaining:
+        picked = next_batch([lengths[i] for i in remaining], batch_size, max_padded)
+        batches.append([remaining[p] for p in picked])
+        chosen = set(picked)
+        remaining = [i for p, i in enumerate(remaining) if p not in chosen]
     return batches
 
 
@@ -53,7 +89,7 @@ def decode_in_batches(recognizer, segments: Iterable[Segment], *, batch_size: in
 def _decode_window(recognizer, window: List[Segment], batch_size, max_batch_seconds, options, decoding):
     results: list = [None] * len(window)
     lengths = [len(s.audio) for s in window]
-    for batch in plan_batches(lengths, batch_size, int(max_batch_seconds * 16000)):
+    for batch in plan_batches(lengths, batch_size, int(max_batch_seconds * RATE)):
         started = time.perf_counter()
         if decoding is None:
             recognized = recognizer.recognize_batch([window[i].audio for i in batch], options)

@@ -27,6 +27,7 @@ from typing import Callable, Deque, List, Optional
 
 import numpy as np
 
+from agent.offline.batches import next_batch
 from agent.recognizer.cancel import CancelToken, DecodeCancelled
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,9 @@ PARTIAL, FINAL, SPECULATIVE = "partial", "final", "speculative"
 RATE = 16000
 # Model time kept for the load estimate (admission control, health): the last minute.
 LOAD_WINDOW_S = 60.0
+# A live batch pads its audio by a quarter at most: padding costs as much model time as audio, and
+# random lengths of 1.5-3.5 s padded a batch of four by up to half.
+MAX_PADDING = 0.25
 
 
 @dataclass(eq=False)  # jobs are compared by identity (they hold arrays)
@@ -154,21 +158,11 @@ class DecodeScheduler:
 
     # ------------------------------------------------------------------ worker (decode thread)
     def _fill(self, candidates: List[Job]) -> List[Job]:
-        """The oldest candidate, with the others closest to it in length: a batch computes its longest
-        item times its size, so a padded item costs as much as a real one (random lengths of 1.5-3.5 s
-        padded a batch of four by up to half)."""
-        first = candidates[0]
-        rest = sorted(candidates[1:], key=lambda j: abs(len(j.audio) - len(first.audio)))
-        jobs = [first]
-        for job in rest:
-            if len(jobs) >= self.batch_size:
-                break
-            batch = jobs + [job]
-            longest, total = max(len(j.audio) for j in batch), sum(len(j.audio) for j in batch)
-            if longest * len(batch) > self.max_batch_samples or longest * len(batch) > 1.25 * total:
-                continue  # more than a quarter of padding, or over the batch's bound
-            jobs.append(job)
-        return jobs
+        """The oldest candidate, with the others closest to it in length (agent/offline/batches.py's
+        next_batch: the one planner of live and offline batches), padded by a quarter at most."""
+        picked = next_batch([len(j.audio) for j in candidates], self.batch_size, self.max_batch_samples,
+                            MAX_PADDING)
+        return [candidates[i] for i in picked]
 
     def _next_run(self) -> Optional[_Run]:
         with self._cond:
