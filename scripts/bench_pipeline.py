@@ -144,7 +144,8 @@ def run_ours(args, wav, turns, silence_window):
     sampler = Sampler()
     settings = PipelineSettings()
     # The decode worker `stt-agent run` builds (agent/app.py): shared, one item per run for one stream.
-    decoder = DecodeScheduler(lambda audios, options, cancel: recognizer.recognize_batch(audios, options, cancel=cancel),
+    decoder = DecodeScheduler(lambda audios, options, offsets, cancel:
+                              recognizer.recognize_batch(audios, options, offsets, cancel=cancel),
                               partial_interval_s=settings.partial_interval_ms / 1000.0, duty_budget=settings.duty_budget)
     decoder.start()
     pipeline = LivePipeline(source, segmenter, recognizer, Emitter("bench", "00000000", [sink]), settings,

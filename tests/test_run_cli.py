@@ -424,8 +424,8 @@ def test_a_pause_between_words_gets_no_speculative_decode_on_a_shared_model(mode
         publish, close = staticmethod(lambda event: None), staticmethod(lambda: None)
 
     recognizer = load_recognizer(RecognizerSettings(model_dir=str(model), warmup=False))
-    decoder = DecodeScheduler(lambda audios, options, cancel: [recognizer.recognize(a, o, cancel=cancel)
-                                                               for a, o in zip(audios, options)])
+    decoder = DecodeScheduler(lambda audios, options, offsets, cancel: [recognizer.recognize(a, o, t, cancel=cancel)
+                                                                        for a, o, t in zip(audios, options, offsets)])
     if shared:
         decoder.lane(lambda done: None)  # another stream, silent
     decoder.start()

@@ -274,15 +274,17 @@ def test_a_running_partial_is_cancelled_when_the_speculative_final_arrives(parts
 
 # --- many streams, one worker ------------------------------------------------------------------
 class BatchDecoder:
-    """Gated like GatedDecoder, for batches: records each run's (audio length, options) items."""
+    """Gated like GatedDecoder, for batches: records each run's (audio length, options) items and offsets."""
 
     def __init__(self):
         self.runs = []
+        self.offsets = []
         self._gate = threading.Semaphore(0)
         self._started = threading.Semaphore(0)
 
-    def __call__(self, audios, options, cancel):
+    def __call__(self, audios, options, offsets, cancel):
         self.runs.append([(len(a), o) for a, o in zip(audios, options)])
+        self.offsets.append(list(offsets))
         self._started.release()
         while not self._gate.acquire(timeout=0.01):
             if cancel.cancelled:
@@ -410,6 +412,20 @@ def test_speculation_waits_for_the_endpoint_while_finals_wait(parts):
     assert [(d.utterance_id, d.speculative) for d in out.wait_for(3)][-1] == (3, True)
     assert scheduler._s.speculation == {"declined": 1, "requested": 1, "used": 1}
 
+
+
+def test_each_items_stream_position_goes_into_the_model_run(shared):
+    """Token times come out in stream seconds: the model run adds start_sample / 16000 to each item's."""
+    scheduler, decoder = shared
+    out = Collector()
+    lane = scheduler.lane(out)
+    lane.request_partial(1, audio(100), 100)
+    decoder.wait_started()
+    lane.request_final(7, audio(1600), 49600, start_sample=48000)
+    lane.request_final(8, audio(1600), 81600, start_sample=80000)
+    decoder.release(3)
+    out.wait_for(2)
+    assert decoder.offsets[-1] == [3.0, 5.0]
 
 
 # --- the batch planner: live and offline -------------------------------------------------------

@@ -23,7 +23,7 @@ RATE = 16000
 @dataclass(frozen=True)
 class Decoded:
     segment: Segment
-    result: object  # Recognition; token times in seconds from the segment's start
+    result: object  # Recognition; token times in seconds of the file (the model run adds segment.start)
     decode_ms: float  # this segment's share of its batch's model time
 
 
@@ -91,11 +91,12 @@ def _decode_window(recognizer, window: List[Segment], batch_size, max_batch_seco
     lengths = [len(s.audio) for s in window]
     for batch in plan_batches(lengths, batch_size, int(max_batch_seconds * RATE)):
         started = time.perf_counter()
+        audios, offsets = [window[i].audio for i in batch], [window[i].start / RATE for i in batch]
         if decoding is None:
-            recognized = recognizer.recognize_batch([window[i].audio for i in batch], options)
+            recognized = recognizer.recognize_batch(audios, options, offsets)
         else:
             with decoding():
-                recognized = recognizer.recognize_batch([window[i].audio for i in batch], options)
+                recognized = recognizer.recognize_batch(audios, options, offsets)
         elapsed = (time.perf_counter() - started) * 1000
         total = sum(lengths[i] for i in batch) or 1
         for i, result in zip(batch, recognized):

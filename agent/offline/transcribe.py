@@ -20,7 +20,7 @@ from typing import Callable, List, Optional, TextIO
 from agent.audio_file import AudioFileError, WavFile, resample
 from agent.offline.batches import decode_in_batches
 from agent.offline.segments import RATE, SegmentReader
-from agent.offline.transcript import WRITERS, TimedText, place, segment_dict, whole
+from agent.offline.transcript import WRITERS, TimedText, segment_dict, whole
 
 
 @dataclass
@@ -95,7 +95,7 @@ class Transcriber:
                 samples = resample(wav.read_all(), wav.rate, RATE)
                 started = time.perf_counter()  # a short file's decode_ms is the model's time, as it always was
                 result = recognizer.recognize(samples)
-                parts = [place(result, 0.0, len(samples) / RATE)]
+                parts = [TimedText(0.0, len(samples) / RATE, result)]
                 self._stream_segment(path, parts[0])
                 result_whole, segmented = result, False
             else:
@@ -119,7 +119,7 @@ class Transcriber:
             for decoded in decode_in_batches(recognizer, reader, batch_size=batch,
                                              max_batch_seconds=s.offline.max_batch_seconds):
                 segment = decoded.segment
-                part = place(decoded.result, segment.start / RATE, segment.end / RATE)
+                part = TimedText(segment.start / RATE, segment.end / RATE, decoded.result)
                 parts.append(part)
                 self._stream_segment(path, part)
                 self.progress.update(name, segment.end / RATE, wav.duration, started)

@@ -3,7 +3,6 @@ formats subtitle and transcript users expect (SRT, WebVTT, TSV, plain text, JSON
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Dict, List, Sequence
@@ -20,11 +19,6 @@ class TimedText:
     start: float
     end: float
     result: Recognition
-
-
-def place(result: Recognition, start: float, end: float) -> TimedText:
-    tokens = [dataclasses.replace(t, start=t.start + start, end=t.end + start) for t in result.tokens]
-    return TimedText(start, end, dataclasses.replace(result, tokens=tokens))
 
 
 def _wide(ch: str) -> bool:

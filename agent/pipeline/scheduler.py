@@ -59,7 +59,7 @@ class Done:
 
     kind: str  # partial | final
     utterance_id: int
-    result: object  # Recognition
+    result: object  # Recognition; token times in stream seconds
     end_sample: int
     start_sample: int  # stream position of the decoded audio's first sample
     queue_ms: float  # waited before its decode started
@@ -76,8 +76,9 @@ class _Run:
     cancel: CancelToken = field(default_factory=CancelToken)
 
 
-# decode(audios, options per item, cancel) -> results in the same order
-BatchDecode = Callable[[List[np.ndarray], List[object], CancelToken], List[object]]
+# decode(audios, options per item, offsets per item, cancel) -> results in the same order. An offset is
+# the item's stream position in seconds, added to its token times: results come in stream seconds.
+BatchDecode = Callable[[List[np.ndarray], List[object], List[float], CancelToken], List[object]]
 
 
 class DecodeScheduler:
@@ -205,7 +206,8 @@ class DecodeScheduler:
             started = time.monotonic()
             results, failure = None, None
             try:
-                results = self._decode([j.audio for j in run.jobs], [j.options for j in run.jobs], run.cancel)
+                results = self._decode([j.audio for j in run.jobs], [j.options for j in run.jobs],
+                                       [j.start_sample / RATE for j in run.jobs], run.cancel)
             except DecodeCancelled:
                 self.cancelled[run.kind] += 1
                 for job in run.jobs:
@@ -456,12 +458,15 @@ class Lane:
 
 
 class Scheduler(Lane):
-    """A scheduler of its own for a single stream (the microphone; tests): one lane, one item per run."""
+    """A scheduler of its own for a single stream (tests): one lane, one item per run.
+
+    `decode(audio, cancel)` is handed no stream offset: its token times are its own.
+    """
 
     def __init__(self, decode: Callable[[np.ndarray, CancelToken], object], emit: Callable[[Done], None],
                  partial_interval_s: float = 0.5, duty_budget: float = 0.5,
                  fail: Optional[Callable[[int, Exception], None]] = None):
-        shared = DecodeScheduler(lambda audios, options, cancel: [decode(audios[0], cancel)],
+        shared = DecodeScheduler(lambda audios, options, offsets, cancel: [decode(audios[0], cancel)],
                                  partial_interval_s=partial_interval_s, duty_budget=duty_budget)
         super().__init__(shared, emit, fail, lambda: None)
         with shared._cond:
