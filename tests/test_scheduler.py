@@ -414,6 +414,122 @@ def test_speculation_waits_for_the_endpoint_while_finals_wait(parts):
 
 
 
+# --- futures: what a request gives back, and what drained means ------------------------------------
+class HeldPublisher:
+    """An on_done that stays inside the sinks until the test lets it return."""
+
+    def __init__(self):
+        self.entered, self.leave, self.returned = threading.Event(), threading.Event(), []
+
+    def __call__(self, done):
+        self.entered.set()
+        assert self.leave.wait(TIMEOUT)
+        self.returned.append(done)
+
+
+def test_drain_waits_until_on_done_has_returned(shared):
+    """The worker takes the final off its books before on_done runs: drain must still wait for it."""
+    scheduler, decoder = shared
+    publisher = HeldPublisher()
+    lane = scheduler.lane(publisher)
+    lane.request_final(1, audio(100), 100)
+    decoder.release()
+    assert publisher.entered.wait(TIMEOUT)  # the final is on its way to the sinks, not there yet
+    assert not lane.drain(0.3)
+    assert publisher.returned == []
+    publisher.leave.set()
+    assert lane.drain(TIMEOUT) and len(publisher.returned) == 1
+
+
+def test_stop_is_true_only_once_every_final_was_delivered():
+    decoder, publisher = BatchDecoder(), HeldPublisher()
+    from agent.pipeline.scheduler import DecodeScheduler
+
+    scheduler = DecodeScheduler(decoder)
+    lane = scheduler.lane(publisher)
+    scheduler.start()
+    final = lane.request_final(1, audio(100), 100)
+    decoder.release()
+    assert publisher.entered.wait(TIMEOUT)
+    assert not scheduler.stop(0.3) and not final.done()
+    publisher.leave.set()
+    assert scheduler.stop(TIMEOUT) and final.result(0) is publisher.returned[0]
+
+
+def test_a_finals_future_completes_after_delivery_or_after_the_failure_was_reported(shared):
+    scheduler, decoder = shared
+    order = []
+    lane = scheduler.lane(lambda done: order.append(("done", done.utterance_id)),
+                          lambda utterance, exc: order.append(("failed", utterance)))
+    ok = lane.request_final(1, audio(100), 100)
+    ok.add_done_callback(lambda f: order.append(("future", 1)))
+    decoder.release()
+    assert ok.result(TIMEOUT).kind == FINAL and order == [("done", 1), ("future", 1)]
+
+    def broken(audios, options, offsets, cancel):
+        raise RuntimeError("boom")
+
+    scheduler._decode = broken
+    failed = lane.request_final(2, audio(100), 100)
+    with pytest.raises(RuntimeError, match="boom"):
+        failed.result(TIMEOUT)
+    assert order[-1] == ("failed", 2)
+    assert failed.cancel() is False  # a caller cannot take a final from the worker
+
+
+def test_a_partials_future_gives_its_done_or_none(parts):
+    scheduler, decoder, out = parts
+    first = scheduler.request_partial(1, audio(100), 100)
+    decoder.wait_started()
+    replaced = scheduler.request_partial(1, audio(200), 200)
+    latest = scheduler.request_partial(1, audio(300), 300)
+    assert replaced.result(0) is None  # a newer view replaced it before it started
+    decoder.release(2)
+    assert first.result(TIMEOUT).result == "text of 100" and latest.result(TIMEOUT).result == "text of 300"
+    running = scheduler.request_partial(1, audio(400), 400)
+    decoder.wait_started(2)
+    scheduler.request_final(1, audio(500), 500)  # cancels the partial's decode
+    assert running.result(TIMEOUT) is None and scheduler.cancelled_partials == 1
+    decoder.release()
+
+
+def test_a_speculative_requests_future_is_its_own_decode_and_the_finals_is_what_was_published(parts):
+    scheduler, decoder, out = parts
+    speculative = scheduler.request_speculative(1, audio(300), 300)
+    assert speculative
+    decoder.wait_started()
+    decoder.release()
+    own = speculative.result(TIMEOUT)
+    assert (own.kind, own.speculative) == ("speculative", True) and out.done == []
+    final = scheduler.request_final(1, audio(300), 300)
+    assert final.done() and final.result(0) is out.done[0]
+    assert (final.result(0).kind, own.kind) == (FINAL, "speculative")  # the published copy is the final
+
+
+def test_a_speculative_decode_dropped_before_it_started_gives_none(parts):
+    scheduler, decoder, out = parts
+    scheduler.request_partial(1, audio(100), 100)
+    decoder.wait_started()  # busy: the speculative decode waits its turn
+    speculative = scheduler.request_speculative(1, audio(300), 300)
+    final = scheduler.request_final(1, audio(300), 300)  # ...and becomes this final
+    assert speculative.result(0) is None
+    decoder.release(3)
+    assert not final.result(TIMEOUT).speculative
+
+
+def test_a_finished_utterance_leaves_no_state_behind(parts):
+    scheduler, decoder, out = parts
+    scheduler.request_partial(1, audio(100), 100)
+    decoder.wait_started()
+    scheduler.request_speculative(1, audio(300), 300)
+    decoder.wait_started()
+    decoder.release()
+    scheduler.end(1)
+    final = scheduler.request_final(1, audio(300), 300)
+    assert final.result(TIMEOUT).speculative
+    assert scheduler._utterances == {}
+
+
 def test_each_items_stream_position_goes_into_the_model_run(shared):
     """Token times come out in stream seconds: the model run adds start_sample / 16000 to each item's."""
     scheduler, decoder = shared
@@ -461,3 +577,15 @@ def test_a_live_batch_is_the_oldest_with_its_closest_lengths_padded_by_a_quarter
     assert next_batch([6000, 9000, 2000], 4, 16000) == [0, 2]  # 9000 would pad past the bound: the next is tried
     assert next_batch([100, 100, 100], 2, 1000, 0.25) == [0, 1]
 
+
+def test_the_oldest_queued_final_tells_how_long_the_model_is_behind(parts):
+    scheduler, decoder, out = parts
+    assert scheduler._s.oldest_final_age() is None
+    scheduler.request_final(1, audio(10), 10)
+    decoder.wait_started()  # running: no longer queued
+    scheduler.request_final(2, audio(10), 10)
+    queued = scheduler._s._finals[0].submitted
+    assert scheduler._s.oldest_final_age(queued + 2.0) == pytest.approx(2.0)
+    decoder.release(2)
+    out.wait_for(2)
+    assert scheduler._s.oldest_final_age() is None

@@ -19,11 +19,13 @@ stream (a `Lane` each):
 from __future__ import annotations
 
 import collections
+import concurrent.futures
+import dataclasses
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Deque, List, Optional
+from typing import Callable, Deque, Dict, Iterable, List, Optional
 
 import numpy as np
 
@@ -41,6 +43,13 @@ LOAD_WINDOW_S = 60.0
 MAX_PADDING = 0.25
 
 
+def _future() -> concurrent.futures.Future:
+    """A request's future, already running: a caller's cancel() cannot take it from the worker."""
+    future: concurrent.futures.Future = concurrent.futures.Future()
+    future.set_running_or_notify_cancel()
+    return future
+
+
 @dataclass(eq=False)  # jobs are compared by identity (they hold arrays)
 class Job:
     kind: str
@@ -51,13 +60,15 @@ class Job:
     start_sample: int = 0  # stream position of audio[0]
     options: object = None  # DecodeOptions when the request was made (None: the recognizer's defaults)
     submitted: float = field(default_factory=time.monotonic)
+    future: concurrent.futures.Future = field(default_factory=_future)  # what the request returned
+    started: bool = False  # taken into a model run
 
 
 @dataclass
 class Done:
     """A finished decode as the pipeline publishes it."""
 
-    kind: str  # partial | final
+    kind: str  # partial | final (speculative: a speculative decode's own result, in its future)
     utterance_id: int
     result: object  # Recognition; token times in stream seconds
     end_sample: int
@@ -69,9 +80,19 @@ class Done:
     batch: int = 1  # how many items shared its model run
 
 
+@dataclass(eq=False)
+class _Utterance:
+    """What one utterance of a lane asked for beyond partials; dropped once its final is delivered."""
+
+    speculative: Optional[Job] = None  # its speculative decode: waiting to start, running, or done
+    result: Optional[Done] = None  # that decode's result, held until the endpoint says whether it covers all
+    final: Optional[Job] = None  # asked for at the endpoint; waits for `speculative` while that runs
+    ended: bool = False  # its speech ended: a partial of it is stale
+
+
 @dataclass
 class _Run:
-    kind: str  # what the batch holds: final (finals and speculative ones), speculative, partial
+    kind: str  # what the batch holds: final, speculative or partial
     jobs: List[Job]
     cancel: CancelToken = field(default_factory=CancelToken)
 
@@ -79,6 +100,17 @@ class _Run:
 # decode(audios, options per item, offsets per item, cancel) -> results in the same order. An offset is
 # the item's stream position in seconds, added to its token times: results come in stream seconds.
 BatchDecode = Callable[[List[np.ndarray], List[object], List[float], CancelToken], List[object]]
+
+
+def _settle(jobs: Iterable[Optional[Job]], result=None, exc: Optional[BaseException] = None):
+    """Complete the futures of `jobs` (None entries skipped) with `result`, or with `exc`."""
+    for job in jobs:
+        if job is None or job.future.done():
+            continue
+        if exc is not None:
+            job.future.set_exception(exc)
+        else:
+            job.future.set_result(result)
 
 
 class DecodeScheduler:
@@ -119,16 +151,20 @@ class DecodeScheduler:
             self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> bool:
-        """Finish queued finals of every lane (bounded wait), then stop; True if everything was drained."""
+        """Finish the finals every lane asked for (bounded wait), then stop; True if every one was delivered
+        (its on_done or on_failed returned)."""
+        deadline = time.monotonic() + timeout
         with self._cond:
             self._stopping = True
-            for lane in self._lanes:
-                lane.partial = None
+            dropped = [lane._take_partial() for lane in self._lanes]
+            finals = [future for lane in self._lanes for future in lane._open_finals()]
             self._cond.notify_all()
+        _settle(dropped)
         if not self._started:
-            return not self._finals
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+            return not finals
+        _, left = concurrent.futures.wait(finals, timeout)
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        return not left
 
     @property
     def busy(self) -> bool:
@@ -138,6 +174,12 @@ class DecodeScheduler:
     def queued_finals(self) -> int:
         with self._cond:
             return len(self._finals)
+
+    def oldest_final_age(self, now: Optional[float] = None) -> Optional[float]:
+        """Seconds the oldest final queued for a decode has waited (None: none waits): the watchdog's backlog."""
+        now = time.monotonic() if now is None else now
+        with self._cond:
+            return now - min(j.submitted for j in self._finals) if self._finals else None
 
     def load(self, now: Optional[float] = None) -> dict:
         """Share of the last minute the model spent on finals (and speculative finals), and on partials."""
@@ -168,35 +210,29 @@ class DecodeScheduler:
     def _next_run(self) -> Optional[_Run]:
         with self._cond:
             while True:
+                speculative = [] if self._finals else [j for lane in self._lanes for j in lane._waiting_speculative()]
                 if self._finals:
-                    jobs = self._fill(self._finals)
+                    kind, jobs = FINAL, self._fill(self._finals)
                     chosen = {id(j) for j in jobs}
                     self._finals = [j for j in self._finals if id(j) not in chosen]
-                    run = _Run(FINAL, jobs)
-                elif any(lane.speculative is not None for lane in self._lanes):
-                    waiting = sorted((lane.speculative for lane in self._lanes if lane.speculative is not None),
-                                     key=lambda j: j.submitted)
-                    jobs = self._fill(waiting)
-                    for job in jobs:
-                        job.lane.speculative = None
-                    run = _Run(SPECULATIVE, jobs)
+                elif speculative:
+                    kind, jobs = SPECULATIVE, self._fill(sorted(speculative, key=lambda j: j.submitted))
                 elif not self._stopping and any(lane.partial is not None for lane in self._lanes):
                     waiting = sorted((lane.partial for lane in self._lanes if lane.partial is not None),
                                      key=lambda j: j.submitted)
-                    jobs = self._fill(waiting)
+                    kind, jobs = PARTIAL, self._fill(waiting)
                     for job in jobs:
                         job.lane.partial = None
-                    run = _Run(PARTIAL, jobs)
                 elif self._stopping:
                     return None
                 else:
                     self._cond.wait()
                     continue
-                self._running = run
-                for job in run.jobs:
-                    job.lane._running.append(job)
+                for job in jobs:
+                    job.started = True
+                self._running = _Run(kind, jobs)
                 self._lanes = [lane for lane in self._lanes if not lane.finished()]
-                return run
+                return self._running
 
     def _run(self):
         while True:
@@ -210,8 +246,6 @@ class DecodeScheduler:
                                        [j.start_sample / RATE for j in run.jobs], run.cancel)
             except DecodeCancelled:
                 self.cancelled[run.kind] += 1
-                for job in run.jobs:
-                    job.lane._count_cancelled(job)
             except Exception as exc:  # one bad decode must not kill the worker
                 log.exception("decode of %d utterance(s) (%s) failed", len(run.jobs), run.kind)
                 failure = exc
@@ -227,27 +261,39 @@ class DecodeScheduler:
                 if run.kind == FINAL:
                     self.batches[len(run.jobs)] += 1
                 for job in run.jobs:
-                    job.lane._running.remove(job)
                     if job.kind == PARTIAL:
                         # Keep each stream's model duty under budget: its next partial waits decode/budget.
                         gap = max(self.partial_interval_s, seconds / self.duty_budget)
                         job.lane._next_partial_at = started + gap
                 self._cond.notify_all()
-            if failure is not None:
-                for job in run.jobs:
-                    job.lane._failed(job, failure)
-                continue
-            if results is None:
-                continue
-            for job, result in zip(run.jobs, results):
-                done = Done(job.kind, job.utterance_id, result, job.end_sample, job.start_sample,
-                            (started - job.submitted) * 1000, seconds * 1000 * len(job.audio) / total,
-                            job.kind == SPECULATIVE, batch=len(run.jobs))
-                job.lane._deliver(job, done)
+            for i, job in enumerate(run.jobs):
+                try:
+                    if failure is not None:
+                        job.lane._failed(job, failure)
+                    elif results is None:
+                        job.lane._cancelled(job)
+                    else:
+                        done = Done(job.kind, job.utterance_id, results[i], job.end_sample, job.start_sample,
+                                    (started - job.submitted) * 1000, seconds * 1000 * len(job.audio) / total,
+                                    job.kind == SPECULATIVE, batch=len(run.jobs))
+                        job.lane._deliver(job, done)
+                except Exception as exc:  # a fault in delivery must not kill the worker either
+                    log.exception("handing over the %s of utterance %s failed", job.kind, job.utterance_id)
+                    _settle([job], exc=exc)
 
 
 class Lane:
-    """One stream's side of the scheduler: its requests, its speculative results, its partial pace."""
+    """One stream's side of the scheduler: its requests, its utterances' speculative state, its partial pace.
+
+    Every request returns a concurrent.futures.Future (request_speculative: or None, nothing asked):
+    - a final's completes with its Done once `on_done` returned, or with the exception once
+      `on_failed` returned: a final asked for is never dropped;
+    - a partial's with the Done published, or None when it was not (a newer request replaced it,
+      its utterance ended, a final cancelled its decode);
+    - a speculative decode's with its own Done (kind speculative) once decoded, or None when dropped
+      first (speech resumed, or the endpoint came before it started: the final decodes instead).
+    A failed decode of any kind completes its future with the exception.
+    """
 
     def __init__(self, scheduler: DecodeScheduler, on_done, on_failed, options):
         self._s = scheduler
@@ -255,17 +301,12 @@ class Lane:
         self._on_done = on_done
         self._on_failed = on_failed
         self._options = options
-        self.partial: Optional[Job] = None  # at most one pending: the latest
-        self.speculative: Optional[Job] = None  # at most one pending
-        self._running: List[Job] = []
-        # utterance id -> (end_sample, Done | None while in flight) of its speculative decode
-        self._spec_results: dict = {}
-        self._awaiting_spec: dict = {}  # utterance id -> final Job waiting on its speculative decode
-        self._ended: set = set()  # utterances whose final was requested: their partials are stale
+        self.partial: Optional[Job] = None  # at most one waiting: the latest
+        self._utterances: Dict[int, _Utterance] = {}  # by utterance id, until its final is delivered
         self._next_partial_at = 0.0
         self._closed = False
-        # Held while a partial is checked against _ended and published, and while an utterance is
-        # marked ended: a partial can then never be published after its utterance's speech_end.
+        # Held while a partial is checked against its utterance's end and published, and while an
+        # utterance is marked ended: a partial can then never be published after its speech_end.
         self._emit_lock = threading.Lock()
         self.skipped_partials = 0
         self.cancelled_partials = 0
@@ -278,8 +319,10 @@ class Lane:
 
     @property
     def busy(self) -> bool:
+        """Whether the model is decoding something of this stream now."""
         with self._cond:
-            return bool(self._running)
+            run = self._s._running
+            return run is not None and any(j.lane is self for j in run.jobs)
 
     @property
     def shared(self) -> bool:
@@ -290,171 +333,240 @@ class Lane:
     def _job(self, kind, utterance_id, audio, end_sample, start_sample) -> Job:
         return Job(kind, self, utterance_id, audio, end_sample, start_sample, self._options())
 
-    def request_partial(self, utterance_id: int, audio: np.ndarray, end_sample: int, start_sample: int = 0):
+    def request_partial(self, utterance_id: int, audio: np.ndarray, end_sample: int,
+                        start_sample: int = 0) -> concurrent.futures.Future:
+        """Decode the open utterance so far; the future gives the Done published, or None."""
         with self._cond:
-            if self.partial is not None:
+            replaced = self._take_partial()
+            if replaced is not None:
                 self.skipped_partials += 1  # a newer view of the utterance replaces it
-            self.partial = self._job(PARTIAL, utterance_id, audio, end_sample, start_sample)
+            self._utterance(utterance_id)
+            job = self.partial = self._job(PARTIAL, utterance_id, audio, end_sample, start_sample)
             self._cond.notify_all()
+        _settle([replaced])
+        return job.future
 
     def request_speculative(self, utterance_id: int, audio: np.ndarray, end_sample: int,
-                            start_sample: int = 0) -> bool:
-        """Decode the utterance as if it ended at `end_sample`; False (nothing asked) while finals wait."""
+                            start_sample: int = 0) -> Optional[concurrent.futures.Future]:
+        """Decode the utterance as if it ended at `end_sample`: a future of that decode (truthy: asked),
+        or None (nothing asked) while finals wait."""
+        dropped = []
         with self._cond:
-            self._drop_partials(utterance_id)
+            dropped.append(self._drop_partials(utterance_id))
             if self._s._finals:
                 # Finals are waiting: the model is behind. A speculative decode would run after them, and
                 # half of them are thrown away (16 conversation streams: 205 asked, 107 used).
                 self._s.speculation["declined"] += 1
-                return False
-            self._s.speculation["requested"] += 1
-            self._s._cancel_running_partials()
-            self.speculative = self._job(SPECULATIVE, utterance_id, audio, end_sample, start_sample)
-            self._spec_results[utterance_id] = (end_sample, None)
-            self._cond.notify_all()
-        return True
+                job = None
+            else:
+                self._s.speculation["requested"] += 1
+                self._s._cancel_running_partials()
+                for other in self._utterances.values():  # one waiting per stream: the newest
+                    if other.speculative is not None and not other.speculative.started:
+                        dropped.append(other.speculative)
+                        other.speculative = None
+                record = self._utterance(utterance_id)
+                job = record.speculative = self._job(SPECULATIVE, utterance_id, audio, end_sample, start_sample)
+                record.result = None
+                self._cond.notify_all()
+        _settle(dropped)
+        return None if job is None else job.future
 
     def speech_resumed(self, utterance_id: int):
-        """The silence was a pause: the speculative decode (pending, running or done) is dropped."""
+        """The silence was a pause: the speculative decode (waiting, running or done) is dropped."""
         with self._cond:
-            if self.speculative is not None and self.speculative.utterance_id == utterance_id:
-                self.speculative = None
-            self._spec_results.pop(utterance_id, None)
+            record = self._utterances.get(utterance_id)
+            job = None if record is None else record.speculative
+            if job is None:
+                return
+            record.speculative = record.result = None
             run = self._s._running
-            if (run is not None and run.kind == SPECULATIVE and len(run.jobs) == 1
-                    and run.jobs[0].lane is self and run.jobs[0].utterance_id == utterance_id):
+            if run is not None and run.kind == SPECULATIVE and run.jobs == [job]:
                 run.cancel.cancel()  # its result would be dropped; the model is needed for the next one
+        if not job.started:
+            _settle([job])
 
     def end(self, utterance_id: int):
         """The utterance is over (call before publishing its speech_end): no partial of it is published
         after this returns."""
         with self._emit_lock, self._cond:
-            self._drop_partials(utterance_id)
-            self._ended.add(utterance_id)
-            self._ended.discard(utterance_id - 100)  # keep the set small; ids only grow
+            dropped = self._drop_partials(utterance_id)
+            self._utterance(utterance_id).ended = True
+        _settle([dropped])
 
-    def request_final(self, utterance_id: int, audio: np.ndarray, end_sample: int, start_sample: int = 0):
-        """The endpoint: publish the speculative result if it covers all speech, else decode now."""
-        ready = None
+    def request_final(self, utterance_id: int, audio: np.ndarray, end_sample: int,
+                      start_sample: int = 0) -> concurrent.futures.Future:
+        """The endpoint: publish the speculative result if it covers all speech, else decode now. The future
+        completes once the final was delivered (on_done returned) or reported failed (on_failed returned)."""
+        ready, dropped = None, []
         with self._cond:
-            self._drop_partials(utterance_id)
+            dropped.append(self._drop_partials(utterance_id))
             self._s._cancel_running_partials()
-            self._ended.add(utterance_id)
-            self._ended.discard(utterance_id - 100)  # keep the set small; ids only grow
-            job = self._job(FINAL, utterance_id, audio, end_sample, start_sample)
-            spec = self._spec_results.get(utterance_id)
-            pending = self.speculative is not None and self.speculative.utterance_id == utterance_id
-            if spec is not None and spec[0] >= end_sample and not pending:
-                if spec[1] is None:
-                    self._awaiting_spec[utterance_id] = job  # running: published when it is done
-                    return
-                ready = self._spec_results.pop(utterance_id)[1]
+            record = self._utterance(utterance_id)
+            record.ended = True
+            job = record.final = self._job(FINAL, utterance_id, audio, end_sample, start_sample)
+            spec = record.speculative
+            if spec is not None and spec.started and spec.end_sample >= end_sample:
+                if record.result is not None:
+                    ready = record.result
+                    record.speculative = record.result = None
+                # else running: published when it is done
             else:
                 # A speculative decode that has not started yet becomes this final: a final must never
                 # wait in the one speculative slot, where the next utterance's would displace it.
-                self._spec_results.pop(utterance_id, None)
-                if pending:
-                    self.speculative = None
+                if spec is not None and not spec.started:
+                    dropped.append(spec)
+                record.speculative = record.result = None
                 self._s._finals.append(job)
                 self._cond.notify_all()
+        _settle(dropped)
         if ready is not None:
             self._publish_spec(ready, job)
+        return job.future
 
     def drain(self, timeout: float) -> bool:
-        """Wait (bounded) until this stream's finals are decoded and delivered; True if they were."""
+        """Wait (bounded) until every final this stream asked for was delivered or reported failed (its
+        future completed); True if they all were."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            self.partial = None
-            while self._has_finals():
-                left = deadline - time.monotonic()
-                if left <= 0 or not self._s._started:
-                    return False
-                self._cond.wait(min(left, 0.1))
-        return True
+            dropped = self._take_partial()
+        _settle([dropped])
+        while True:
+            with self._cond:
+                finals = self._open_finals()
+            if not finals:
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._s._started:
+                return False
+            _, pending = concurrent.futures.wait(finals, left)
+            if pending:
+                return False
 
     def close(self):
         """The stream is gone: nothing new is asked; finals already asked are still decoded and delivered."""
         with self._cond:
             self._closed = True
-            self.partial = None
+            dropped = [self._take_partial()]
+            for utterance_id, record in list(self._utterances.items()):
+                if record.final is None:  # no final will be asked for: its speculative state goes
+                    if record.speculative is not None and not record.speculative.started:
+                        dropped.append(record.speculative)
+                    del self._utterances[utterance_id]
+        _settle(dropped)
 
     # ------------------------------------------------------------------ under the lock
-    def _has_finals(self) -> bool:
-        return (any(j.lane is self for j in self._s._finals) or bool(self._awaiting_spec)
-                or any(j.kind != PARTIAL for j in self._running))
+    def _utterance(self, utterance_id: int) -> _Utterance:
+        record = self._utterances.get(utterance_id)
+        if record is None:
+            record = self._utterances[utterance_id] = _Utterance()
+        return record
+
+    def _open_finals(self) -> List[concurrent.futures.Future]:
+        return [r.final.future for r in self._utterances.values() if r.final is not None and not r.final.future.done()]
+
+    def _waiting_speculative(self) -> List[Job]:
+        return [r.speculative for r in self._utterances.values()
+                if r.speculative is not None and not r.speculative.started]
 
     def finished(self) -> bool:
-        return self._closed and not self._has_finals() and self.speculative is None
+        return self._closed and not self._open_finals() and not self._waiting_speculative()
 
-    def _drop_partials(self, utterance_id: int):
+    def _take_partial(self) -> Optional[Job]:
+        job, self.partial = self.partial, None
+        return job
+
+    def _drop_partials(self, utterance_id: int) -> Optional[Job]:
         if self.partial is not None and self.partial.utterance_id == utterance_id:
-            self.partial = None
+            return self._take_partial()
+        return None
 
-    def _count_cancelled(self, job: Job):
-        if job.kind == SPECULATIVE:
-            self.cancelled_speculative += 1
-        elif job.kind == PARTIAL:
-            self.cancelled_partials += 1
+    def _speculative_gone(self, job: Job):
+        """A speculative decode that gave no result: a final waiting for it gets a decode of its own."""
+        record = self._utterances.get(job.utterance_id)
+        if record is None or record.speculative is not job:
+            return
+        record.speculative = record.result = None
+        if record.final is not None:
+            self._s._finals.append(record.final)
+            self._cond.notify_all()
 
     # ------------------------------------------------------------------ results (decode thread)
+    def _cancelled(self, job: Job):
+        with self._cond:
+            if job.kind == SPECULATIVE:
+                self.cancelled_speculative += 1
+                self._speculative_gone(job)
+            elif job.kind == PARTIAL:
+                self.cancelled_partials += 1
+        _settle([job])
+
     def _failed(self, job: Job, exc: Exception):
         """A failed final is reported; a failed speculative decode leaves its final to a decode of its own."""
         if job.kind == SPECULATIVE:
             with self._cond:
-                spec = self._spec_results.get(job.utterance_id)
-                if spec is not None and spec[0] == job.end_sample:
-                    del self._spec_results[job.utterance_id]
-                waiting = self._awaiting_spec.pop(job.utterance_id, None)
-                if waiting is not None:
-                    self._s._finals.append(waiting)
-                    self._cond.notify_all()
+                self._speculative_gone(job)
+        elif job.kind == FINAL:
+            if self._on_failed is not None:
+                try:
+                    self._on_failed(job.utterance_id, exc)
+                except Exception:
+                    log.exception("reporting the failed final of utterance %s failed", job.utterance_id)
+            self._final_over(job, exc=exc)
             return
-        if job.kind == FINAL and self._on_failed is not None:
-            try:
-                self._on_failed(job.utterance_id, exc)
-            except Exception:
-                log.exception("reporting the failed final of utterance %s failed", job.utterance_id)
+        _settle([job], exc=exc)
 
     def _deliver(self, job: Job, done: Done):
         if job.kind == PARTIAL:
             with self._emit_lock:
                 with self._cond:
-                    stale = job.utterance_id in self._ended or self._closed
+                    record = self._utterances.get(job.utterance_id)  # none: its final was delivered
+                    stale = record is None or record.ended or self._closed
                     if stale:
                         self.skipped_partials += 1  # decoded while the utterance ended: a final follows
                 if not stale:
-                    self._safe_emit(done)
+                    self._emit(done)
+            _settle([job], None if stale else done)
             return
-        if job.kind != SPECULATIVE:
-            if job.kind == FINAL:
-                done.endpoint_wait_ms = (time.monotonic() - job.submitted) * 1000
-            self._safe_emit(done)
+        if job.kind == FINAL:
+            done.endpoint_wait_ms = (time.monotonic() - job.submitted) * 1000
+            self._emit(done)
+            self._final_over(job, done)
             return
+        waiting = None
         with self._cond:
-            spec = self._spec_results.get(job.utterance_id)
-            if spec is None or spec[0] != job.end_sample:
-                return  # speech resumed meanwhile: dropped
-            waiting = self._awaiting_spec.pop(job.utterance_id, None)
-            if waiting is None:
-                self._spec_results[job.utterance_id] = (job.end_sample, done)
-                return
-            del self._spec_results[job.utterance_id]
-        self._publish_spec(done, waiting)
+            record = self._utterances.get(job.utterance_id)
+            kept = record is not None and record.speculative is job  # else speech resumed meanwhile: dropped
+            if kept:
+                if record.final is None:
+                    record.result = done  # the endpoint decides
+                else:
+                    waiting, record.speculative = record.final, None
+        _settle([job], done if kept else None)
+        if waiting is not None:
+            self._publish_spec(done, waiting)
 
-    def _safe_emit(self, done: Done):
+    def _emit(self, done: Done):
         try:
             self._on_done(done)
         except Exception:  # a publisher fault must not kill the decode worker
             log.exception("publishing the %s of utterance %s failed", done.kind, done.utterance_id)
-        with self._cond:
-            self._cond.notify_all()  # drain() waits for deliveries
 
     def _publish_spec(self, done: Done, final_job: Job):
-        done.kind = FINAL
+        published = dataclasses.replace(done, kind=FINAL,
+                                        endpoint_wait_ms=(time.monotonic() - final_job.submitted) * 1000)
         with self._cond:
             self._s.speculation["used"] += 1
-        done.endpoint_wait_ms = (time.monotonic() - final_job.submitted) * 1000
-        self._safe_emit(done)
+        self._emit(published)
+        self._final_over(final_job, published)
+
+    def _final_over(self, job: Job, done: Optional[Done] = None, exc: Optional[Exception] = None):
+        """The final was delivered or reported: its utterance is finished, its future completes."""
+        with self._cond:
+            record = self._utterances.get(job.utterance_id)
+            if record is not None and record.final is job:
+                del self._utterances[job.utterance_id]
+        _settle([job], done, exc)
 
 
 class Scheduler(Lane):
