@@ -13,6 +13,7 @@ import json
 import signal
 import subprocess
 import time
+import urllib.parse
 
 import numpy as np
 import pytest
@@ -91,14 +92,17 @@ async def stream(url, chunks, *, headers=None, start=None, stop=True, chunk_dela
     """Send audio chunks; return (events received, close code)."""
     events = []
     async with connect(url, additional_headers=headers or {}) as ws:
-        if start is not None:
-            await ws.send(json.dumps({"type": "start", **start}))
-        for chunk in chunks:
-            await ws.send(json.dumps({"audio": chunk.hex()}) if hex_json else chunk)
-            if chunk_delay:
-                await asyncio.sleep(chunk_delay)
-        if stop:
-            await ws.send(json.dumps({"type": "stop"}))
+        try:
+            if start is not None:
+                await ws.send(json.dumps({"type": "start", **start}))
+            for chunk in chunks:
+                await ws.send(json.dumps({"audio": chunk.hex()}) if hex_json else chunk)
+                if chunk_delay:
+                    await asyncio.sleep(chunk_delay)
+            if stop:
+                await ws.send(json.dumps({"type": "stop"}))
+        except ConnectionClosed:
+            pass  # closed by the server (replaced, a protocol error): what it sent before is still read
         try:
             async for message in ws:
                 events.append(json.loads(message))
@@ -397,3 +401,170 @@ def test_a_client_that_stops_gets_its_final_while_the_model_is_behind(tmp_path, 
         server.stop(1.0)
         decoder.stop(1.0)
     assert code == 1000 and len(finals(events)) == 1
+
+
+# ---------------------------------------------------------------------------------- the network edge
+def test_a_boot_storm_of_silent_devices_gets_no_more_than_max_streams(tmp_path, model):
+    """Admission counts a connection from the moment it is accepted, before its first message."""
+    server = Serve(tmp_path, model, max_streams=2, idle_timeout_s=20.0)
+
+    async def storm():
+        async def one(i):
+            try:
+                ws = await connect(server.url(f"boot-{i}"), additional_headers=server.headers())
+                return ws
+            except InvalidStatus as exc:
+                return exc.response
+
+        results = await asyncio.gather(*(one(i) for i in range(8)))
+        opened = [r for r in results if not hasattr(r, "status_code")]
+        refused = [r for r in results if hasattr(r, "status_code")]
+        for ws in opened:
+            await ws.close()
+        return opened, refused
+
+    try:
+        opened, refused = asyncio.run(storm())
+    finally:
+        server.stop()
+    assert len(opened) == 2 and len(refused) == 6
+    assert all(r.status_code == 503 and r.headers["Retry-After"] for r in refused)
+
+
+@needs_mosquitto
+def test_reconnects_and_racing_connections_of_one_device_never_repeat_a_number(tmp_path, model, broker):
+    """100 reconnects, then 3 connections racing: one stream at a time (the others get 4000), and seq and
+    utterance ids go on and never repeat, on the socket and on MQTT."""
+    server = Serve(tmp_path, model, broker=broker)
+    sub = Subscriber(broker, "stt-agent/dev-1/#")
+
+    async def reconnects():
+        events = []
+        for i in range(100):
+            chunks = frames(s16(turn(i, talk=0.6, pause=0.8))) if i % 10 == 0 else []
+            got, code = await stream(server.url(), chunks, headers=server.headers())
+            assert code == 1000
+            events += got
+        return events
+
+    async def race():
+        async def one(seed, delay):
+            await asyncio.sleep(delay)
+            return await stream(server.url(), frames(s16(turn(seed, talk=0.6, pause=0.8))), headers=server.headers(),
+                                chunk_delay=0.05)
+        return await asyncio.gather(one(1, 0.0), one(2, 0.05), one(3, 0.1))
+
+    try:
+        events = asyncio.run(reconnects())
+        raced = asyncio.run(race())
+        events += [e for got, _ in raced for e in got]
+        codes = sorted(code for _, code in raced)
+        sub.wait_for(lambda ms: sum(m.topic.endswith("/stt/final") for m in ms) >= len(finals(events)), timeout=20)
+    finally:
+        server.stop()
+        sub.close()
+    assert codes == [1000, 4000, 4000]
+    seqs = [e["seq"] for e in events]
+    assert len(set(seqs)) == len(seqs) and len({e["session"] for e in events}) == 1
+    ids = [e["utterance_id"] for e in finals(events)]
+    assert len(finals(events)) >= 11 and len(set(ids)) == len(ids)
+    on_mqtt = [json.loads(m.payload) for m in sub.messages if m.payload.startswith(b"{")]
+    keys = [(p["session"], p["seq"]) for p in on_mqtt if "seq" in p]
+    assert len(set(keys)) == len(keys)
+    mqtt_ids = [p["utterance_id"] for p in on_mqtt if p.get("type") == "final"]
+    assert sorted(mqtt_ids) == sorted(ids)
+
+
+def test_sigterm_with_a_connection_that_never_spoke_exits_cleanly(tmp_path, model):
+    server = Serve(tmp_path, model)
+
+    async def silent():
+        async with connect(server.url(), additional_headers=server.headers()) as ws:
+            await asyncio.sleep(0.3)
+            server.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(ws.recv(), 15)
+            except ConnectionClosed:
+                pass
+            return ws.close_code
+
+    code = asyncio.run(silent())
+    returncode, err = server.stop()
+    assert code == 1001 and returncode == 0, err
+    assert "Traceback" not in err and "failed" not in err
+
+
+def test_half_open_connections_on_a_descriptor_limited_server_cost_a_good_device_nothing(tmp_path, model):
+    """The server may open 200 files; 300 connections that never finish their request must neither take
+    them all nor flood the log, and a device that speaks connects at once."""
+    import resource
+    import socket
+    import sys
+
+    from helpers import ROOT
+
+    port = free_port()
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{TOKEN}\n", encoding="utf-8")
+    config = tmp_path / "serve.yaml"
+    config.write_text(f"recognizer:\n  model_dir: {model}\nvad:\n  kind: energy\nserver:\n  port: {port}\n"
+                      f"  host: 127.0.0.1\n  tokens_file: {tokens}\n  max_streams: 4\n  max_pending: 32\n"
+                      "  handshake_timeout_s: 5\n", encoding="utf-8")
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200))
+
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "serve", "--config", str(config)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=limit)
+    half = []
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, "serve did not listen"
+                time.sleep(0.1)
+        for _ in range(300):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s.sendall(b"GET /ws/stt/x HTTP/1.1\r\nHost: a\r\n")  # never finished
+            half.append(s)
+        started = time.monotonic()
+        events, code = asyncio.run(stream(f"ws://127.0.0.1:{port}/ws/stt/good", frames(s16(turn(4))),
+                                          headers={"Authorization": f"Bearer {TOKEN}"}))
+        took = time.monotonic() - started
+    finally:
+        for s in half:
+            s.close()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert code == 1000 and len(finals(events)) == 1 and took < 3.0
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and len(err.splitlines()) < 40, err[-3000:]
+
+
+def test_serve_with_wyoming_and_a_tokens_file_serves_both(tmp_path, model):
+    wyoming_port = free_port()
+    server = Serve(tmp_path, model, **{"wyoming": f"\n    enabled: true\n    zeroconf: false\n"
+                                                  f"    uri: tcp://127.0.0.1:{wyoming_port}"})
+    try:
+        events, code = asyncio.run(stream(server.url(), frames(s16(turn(5))), headers=server.headers()))
+        import socket
+
+        socket.create_connection(("127.0.0.1", wyoming_port), timeout=5).close()
+    finally:
+        server.stop()
+    assert code == 1000 and len(finals(events)) == 1
+
+
+def test_device_ids_with_invisible_or_bidi_characters_are_refused(serve):
+    for device in ("dev\u200b1", "dev\u202e1", "dev\u2066x"):
+        async def attempt(device=device):
+            with pytest.raises(InvalidStatus) as info:
+                async with connect(serve.url(urllib.parse.quote(device)), additional_headers=serve.headers()):
+                    pass
+            return info.value.response
+
+        response = asyncio.run(attempt())
+        assert response.status_code == 400 and b"U+" in response.body

@@ -118,3 +118,49 @@ def test_health_verdicts_from_the_file(tmp_path):
     assert not health_file.judge(path, now=now + 20)[0]
     path.write_text("{not json")
     assert health_file.judge(path)[1].startswith(f"cannot read the health file {path}")
+
+
+def test_serve_with_only_wyoming_keeps_the_watchdog_fed_while_no_device_speaks(tmp_path):
+    """Home Assistant's setup (Wyoming only): nobody connects for longer than watchdog.audio_timeout_s, and
+    pings go on (the network loop's heartbeat), so systemd never restarts it; health says running."""
+    from mosquitto_fixture import free_port
+
+    model = tm.write_sherpa(tmp_path / "model")
+    port = free_port()
+    health = tmp_path / "health.json"
+    config = tmp_path / "serve.yaml"
+    config.write_text(f"recognizer:\n  model_dir: {model}\nvad:\n  kind: energy\nwatchdog:\n  audio_timeout_s: 2\n"
+                      f"  health_file: {health}\n  status_interval_s: 1\nserver:\n  wyoming:\n    enabled: true\n"
+                      f"    zeroconf: false\n    uri: tcp://127.0.0.1:{port}\n", encoding="utf-8")
+    address = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(address)
+    sock.settimeout(0.2)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NOTIFY_SOCKET": address, "WATCHDOG_USEC": "1000000"}
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "serve", "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    messages = []
+    deadline = time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline:
+            try:
+                messages.append((time.monotonic(), sock.recv(4096).decode()))
+            except socket.timeout:
+                pass
+            ready = [t for t, m in messages if "READY=1" in m]
+            if ready and time.monotonic() - ready[0] > 6.0:  # three times the audio timeout
+                break
+        verdict = _health(health)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sock.close()
+    assert proc.returncode == 0, err
+    ready_at = next(t for t, m in messages if "READY=1" in m)
+    pings = [t for t, m in messages if "WATCHDOG=1" in m and t > ready_at]
+    assert pings and max(b - a for a, b in zip([ready_at, *pings], pings)) < 1.0, [m for _, m in messages]
+    assert pings[-1] > ready_at + 5.5
+    assert not any("stalled" in m for _, m in messages)
+    assert verdict[0] == 0 and verdict[1].startswith("healthy: running"), verdict

@@ -22,7 +22,7 @@ from wyoming.asr import Transcribe, Transcript, TranscriptChunk, TranscriptStart
 from wyoming.audio import AudioChunk, AudioStart, AudioStop  # noqa: E402
 from wyoming.client import AsyncTcpClient  # noqa: E402
 from wyoming.error import Error  # noqa: E402
-from wyoming.event import async_read_event  # noqa: E402
+from wyoming.event import Event, async_read_event  # noqa: E402
 from wyoming.info import Describe, Info  # noqa: E402
 
 RATE = 16000
@@ -39,13 +39,15 @@ def pcm(samples) -> bytes:
 
 
 class Wyoming:
-    def __init__(self, tmp_path, model, broker=None, **wyoming):
+    def __init__(self, tmp_path, model, broker=None, server=None, **wyoming):
         self.port = free_port()
         self.model = model
         options = {"enabled": "true", "uri": f"tcp://127.0.0.1:{self.port}", "zeroconf": "false",
                    "endpoint_silence_ms": 400, **wyoming}
+        server = {"idle_timeout_s": 3, **(server or {})}
         lines = [f"recognizer:\n  model_dir: {model}", "vad:\n  kind: energy",
-                 "server:\n  idle_timeout_s: 3\n  wyoming:\n" + "".join(f"    {k}: {v}\n" for k, v in options.items())]
+                 "server:\n" + "".join(f"  {k}: {v}\n" for k, v in server.items()) + "  wyoming:\n"
+                 + "".join(f"    {k}: {v}\n" for k, v in options.items())]
         if broker is not None:
             lines.append(f"mqtt:\n  enabled: true\n  host: {broker.host}\n  port: {broker.port}\n  device_id: box")
         config = tmp_path / "wyoming.yaml"
@@ -352,3 +354,199 @@ def test_audio_stop_gets_its_transcript_while_the_model_is_behind(model):
         decoder.stop(1.0)
     transcript = Transcript.from_event(events[-1])
     assert sent_stop and transcript.text
+
+
+# ---------------------------------------------------------------------------------- malformed input
+def _header(header: dict, data: bytes = b"", payload: bytes = b"") -> bytes:
+    return (json.dumps(header) + "\n").encode() + data + payload
+
+
+START = {"type": "audio-start", "data": {"rate": RATE, "width": 2, "channels": 1}}
+MALFORMED = [
+    (b"not json\n", "bad_event"),
+    (b"[1, 2]\n", "bad_event"),
+    (_header({"type": 7}), "bad_event"),
+    (_header({"type": "describe", "data": [1]}), "bad_event"),
+    (_header({"type": "describe", "data": "x"}), "bad_event"),
+    (_header({"type": "describe", "data_length": "12"}), "bad_event"),
+    (_header({"type": "describe", "data_length": [3]}), "bad_event"),
+    (_header({"type": "describe", "data_length": -1}), "bad_event"),
+    (_header({"type": "describe", "data_length": 3}, b"[1]"), "bad_event"),
+    (_header({"type": "describe", "data_length": 5}, b"nope!"), "bad_event"),
+    (_header({"type": "audio-chunk", "payload_length": "2"}), "bad_event"),
+    (_header({"type": "audio-chunk", "payload_length": 1.5}), "bad_event"),
+    (_header({"type": "audio-chunk", "payload_length": True}), "bad_event"),
+    (_header({"type": "describe", "data_length": 1 << 40}), "too_large"),
+    (_header({"type": "transcribe", "data": {"language": 5}}), "bad_event"),
+    (_header({"type": "transcribe", "data": {"transcript_names": "Kitchen"}}), "bad_event"),
+    (_header({"type": "select-program", "data": {"name": "whisper"}}), "unknown_program"),
+]
+AFTER_TRANSCRIBE = [  # each follows a good transcribe
+    (_header({"type": "audio-start", "data": {"width": 2, "channels": 1}}), "bad_audio"),
+    (_header({"type": "audio-start", "data": {"rate": "16000", "width": 2, "channels": 1}}), "bad_audio"),
+    (_header({"type": "audio-start", "data": {"rate": RATE, "width": 2, "channels": 2 ** 70}}), "bad_audio"),
+    (_header({"type": "audio-start", "data": {"rate": RATE, "width": 3.0, "channels": 1}}), "bad_audio"),
+    (_header({"type": "audio-start", "data": {"rate": 10 ** 9, "width": 2, "channels": 1}}), "bad_audio"),
+    (_header({"type": "audio-start", "data": {"rate": RATE, "width": 2, "channels": 0}}), "bad_audio"),
+    (_header({"type": "audio-start", "data": {"rate": True, "width": 2, "channels": 1}}), "bad_audio"),
+    (_header(START) + _header({"type": "audio-chunk", "data": {"rate": RATE, "width": 2}, "payload_length": 2},
+                              payload=b"\0\0"), "bad_audio"),
+    (_header(START) + _header({"type": "audio-chunk", "data": {"rate": 8000, "width": 2, "channels": 1},
+                               "payload_length": 2}, payload=b"\0\0"), "bad_audio"),
+]
+
+
+async def _answer(server, raw: bytes, transcribe=False):
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    if transcribe:
+        writer.write(_header({"type": "transcribe", "data": {"language": "en"}}))
+    writer.write(raw)
+    await writer.drain()
+    try:
+        return await asyncio.wait_for(async_read_event(reader), 10)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("raw, code", MALFORMED + [(raw, code) for raw, code in AFTER_TRANSCRIBE])
+def test_every_malformed_event_is_answered_with_an_error(wyoming_server, raw, code):
+    after = any(raw is r for r, _ in AFTER_TRANSCRIBE)
+    answer = asyncio.run(_answer(wyoming_server, raw, transcribe=after))
+    assert answer is not None and Error.is_type(answer.type), answer
+    error = Error.from_event(answer)
+    assert error.code == code and error.text
+
+
+def test_malformed_input_leaves_no_traceback_and_the_server_serves_on(tmp_path, model):
+    server = Wyoming(tmp_path, model)
+    try:
+        for raw, _ in MALFORMED:
+            asyncio.run(_answer(server, raw))
+        for raw, _ in AFTER_TRANSCRIBE:
+            asyncio.run(_answer(server, raw, transcribe=True))
+        events, _, _ = asyncio.run(ha_utterance(server, pcm(turn(9, after=1.5)), pace=0.032))
+    finally:
+        out, err = server.stop()
+    assert Transcript.from_event(events[-1]).text.startswith(tm.PATTERN_TEXT)
+    assert "Traceback" not in err and server.proc.returncode == 0, err[-3000:]
+
+
+def test_a_payload_that_arrives_late_keeps_the_connection_in_step(wyoming_server):
+    """A Wi-Fi retransmission: a chunk's payload 0.7 s after its header."""
+    audio = pcm(turn(10, after=1.5))
+
+    async def late():
+        reader, writer = await asyncio.open_connection("127.0.0.1", wyoming_server.port)
+        writer.write(_header({"type": "transcribe", "data": {"language": "en"}}) + _header(START))
+        for i in range(0, len(audio), 4096):
+            part = audio[i:i + 4096]
+            writer.write(_header({"type": "audio-chunk", "data": {"rate": RATE, "width": 2, "channels": 1},
+                                  "payload_length": len(part)}))
+            if i == 4096 * 3:
+                await writer.drain()
+                await asyncio.sleep(0.7)
+            writer.write(part)
+        writer.write(_header({"type": "audio-stop"}))
+        await writer.drain()
+        while True:
+            event = await asyncio.wait_for(async_read_event(reader), 20)
+            if event is None or Transcript.is_type(event.type) or Error.is_type(event.type):
+                writer.close()
+                return event
+
+    event = asyncio.run(late())
+    assert Transcript.is_type(event.type) and Transcript.from_event(event).text.startswith(tm.PATTERN_TEXT)
+
+
+def test_a_command_uploaded_at_once_gets_the_transcript_of_one_streamed_in_real_time(tmp_path, model):
+    """12 s of speech sent as fast as the socket takes it: a transcript of all of it, not an empty one (the
+    audio is never overwritten: the upload waits instead)."""
+    server = Wyoming(tmp_path, model, endpoint="false")
+    rng = np.random.default_rng(11)
+    audio = np.concatenate([np.zeros(4800), rng.standard_normal(12 * RATE) * 6000, np.zeros(8000)])
+    try:
+        events, sent_stop, _ = asyncio.run(ha_utterance(server, pcm(audio), chunk=8192))
+    finally:
+        server.stop()
+    transcript = events[-1]
+    assert sent_stop and Transcript.from_event(transcript).text.startswith(tm.PATTERN_TEXT)
+    assert transcript.data["audio_start"] <= 0.3 and transcript.data["audio_end"] >= 12.3  # every second of it
+
+
+def test_fifty_clients_at_once_each_get_their_own_transcript_and_numbers(tmp_path, model):
+    server = Wyoming(tmp_path, model, server={"max_streams": 64}, endpoint="false")
+
+    async def everyone():
+        return await asyncio.gather(*(ha_utterance(server, pcm(turn(i, talk=0.6, after=0.3)), chunk=4096)
+                                      for i in range(50)))
+
+    try:
+        results = asyncio.run(everyone())
+    finally:
+        server.stop()
+    transcripts = [events[-1] for events, _, _ in results]
+    assert [t.data for t in transcripts if not Transcript.is_type(t.type)] == []
+    assert all(Transcript.is_type(t.type) and t.data["text"].startswith(tm.PATTERN_TEXT) for t in transcripts)
+    keys = {(t.data["device_id"], t.data["utterance_id"]) for t in transcripts}
+    assert len(keys) == 50
+
+
+def test_connections_that_only_ping_do_not_lock_home_assistant_out(tmp_path, model):
+    server = Wyoming(tmp_path, model, server={"max_streams": 2, "max_pending": 4})
+
+    async def scenario():
+        pingers = []
+        for _ in range(8):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(_header({"type": "ping"}))
+            await writer.drain()
+            pingers.append(writer)
+        events, _, _ = await ha_utterance(server, pcm(turn(12, after=1.5)), pace=0.032)
+        for writer in pingers:
+            writer.close()
+        return events
+
+    try:
+        events = asyncio.run(scenario())
+    finally:
+        server.stop()
+    assert Transcript.from_event(events[-1]).text.startswith(tm.PATTERN_TEXT)
+
+
+def test_audio_after_an_endpointed_transcript_is_ignored_quietly(wyoming_server):
+    audio = pcm(turn(13, after=3.0))
+
+    async def scenario():
+        async with wyoming_server.client() as client:
+            await client.write_event(Transcribe(language="en", transcript_names=["Kitchen Light"]).event())
+            await client.write_event(AudioStart(rate=RATE, width=2, channels=1).event())
+            got = []
+            for i in range(0, len(audio), 2048):
+                await client.write_event(AudioChunk(rate=RATE, width=2, channels=1, audio=audio[i:i + 2048]).event())
+                await asyncio.sleep(0.03)
+            await client.write_event(AudioStop().event())
+            await client.write_event(Describe().event())
+            while True:
+                event = await asyncio.wait_for(client.read_event(), 20)
+                got.append(event)
+                if Info.is_type(event.type):
+                    return got
+
+    events = asyncio.run(scenario())
+    assert not any(Error.is_type(e.type) for e in events)
+    assert sum(Transcript.is_type(e.type) for e in events) == 1
+
+
+def test_a_language_the_model_does_not_have_falls_back_to_detection(wyoming_server):
+    events, _, _ = asyncio.run(ha_utterance(wyoming_server, pcm(turn(14, after=1.5)), language="de", pace=0.032))
+    transcript = Transcript.from_event(events[-1])
+    assert transcript.text.startswith(tm.PATTERN_TEXT) and transcript.language != "de"
+
+
+def test_ping_gets_pong(wyoming_server):
+    async def ping():
+        async with wyoming_server.client() as client:
+            await client.write_event(Event(type="ping", data={"text": "hi"}))
+            return await client.read_event()
+
+    assert asyncio.run(ping()).type == "pong"
