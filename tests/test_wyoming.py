@@ -550,3 +550,46 @@ def test_ping_gets_pong(wyoming_server):
             return await client.read_event()
 
     assert asyncio.run(ping()).type == "pong"
+
+
+def test_transcript_names_and_terms_travel_with_the_utterance_to_the_decoder(model):
+    from agent.pipeline.scheduler import DecodeScheduler
+    from agent.recognizer import load_recognizer
+    from agent.server.loop import NetworkLoop
+    from agent.settings import RecognizerSettings, Settings
+
+    recognizer = load_recognizer(RecognizerSettings(model_dir=str(model), warmup=False))
+    asked = []
+
+    def decode(audios, options, offsets, cancel):
+        asked.extend(options)
+        return recognizer.recognize_batch(audios, options, offsets, cancel=cancel)
+
+    decoder = DecodeScheduler(decode)
+    decoder.start()
+    settings = Settings()
+    settings.vad.kind = "energy"
+    port = free_port()
+    settings.server.wyoming.enabled, settings.server.wyoming.zeroconf = True, False
+    settings.server.wyoming.uri, settings.server.wyoming.endpoint = f"tcp://127.0.0.1:{port}", False
+    server = NetworkLoop(settings, recognizer, decoder, session="00000000")
+    server.start()
+
+    async def utterance():
+        async with AsyncTcpClient("127.0.0.1", port) as client:
+            await client.write_event(Transcribe(language="en", transcript_names=["Kitchen Light"],
+                                                transcript_terms=["dimmer"]).event())
+            await client.write_event(AudioStart(rate=RATE, width=2, channels=1).event())
+            await client.write_event(AudioChunk(rate=RATE, width=2, channels=1, audio=pcm(turn(15, after=0.3))).event())
+            await client.write_event(AudioStop().event())
+            while not Transcript.is_type((event := await client.read_event()).type):
+                pass
+            return event
+
+    try:
+        event = asyncio.run(utterance())
+    finally:
+        server.stop(1.0)
+        decoder.stop(1.0)
+    assert Transcript.from_event(event).text
+    assert asked and all(o.hotwords == (("Kitchen Light", 2.0), ("dimmer", 1.0)) for o in asked)

@@ -28,6 +28,9 @@ class DecodeOptions:
     use_itn: bool = True
     allow_emo_unknown: bool = False
     emotion_map: Mapping[str, str] = field(default_factory=dict)  # model label -> avatar label
+    # Phrases a client asked to bias towards, (phrase, weight): Wyoming's transcript_names and terms. The
+    # greedy search does not use them; they travel with the utterance to the decoder that will.
+    hotwords: Tuple[Tuple[str, float], ...] = ()
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

@@ -254,10 +254,12 @@ class NetworkLoop:
         return Segmenter.from_settings(load_vad(s.vad), settings or s.segmenter, s.vad,
                                        first_utterance_id=first_utterance_id)
 
-    def options(self, language: str = "auto", allowed_languages=()):
-        if language == "auto" and not allowed_languages:
+    def options(self, language: str = "auto", allowed_languages=(), hotwords=()):
+        """A stream's DecodeOptions (None: the recognizer's defaults); AgentError for a language it lacks."""
+        if language == "auto" and not allowed_languages and not hotwords:
             return None
-        return self.recognizer.options(language=language, allowed_languages=tuple(allowed_languages))
+        return self.recognizer.options(language=language, allowed_languages=tuple(allowed_languages),
+                                       hotwords=tuple(hotwords))
 
     def stream_opened(self, stream, what: str) -> None:
         self.accepted += 1

@@ -50,6 +50,7 @@ PROGRAM = "stt-agent"
 MAX_HEADER_BYTES = 64 * 1024  # an event's JSON line; HA's are a few hundred bytes
 MAX_DATA_BYTES = 64 * 1024
 MAX_CHANNELS = 8
+NAME_WEIGHT, TERM_WEIGHT = 2.0, 1.0  # transcript_names, transcript_terms
 # Events that say who a connection is: until one comes it counts as pending (agent/server/gate.py), so
 # connections that only ping cannot hold the places Home Assistant needs.
 _REQUESTS = ("describe", "transcribe", "audio-start", "select-program")
@@ -391,8 +392,10 @@ class WyomingConnection:
             await self._end_stream("audio-start")  # a new utterance on the same connection
         net, w = self.net, self.server.w
         language = model_language(self.language) or "auto"
+        # Names weigh more than terms, as Wyoming 1.10 defines them ("these take priority over terms").
+        hotwords = [(name, NAME_WEIGHT) for name in self.names] + [(term, TERM_WEIGHT) for term in self.terms]
         try:
-            options = net.options(language)
+            options = net.options(language, hotwords=hotwords)
         except AgentError as exc:
             raise Malformed("bad_language", str(exc)) from None
         self.admission = net.registry.admit()
