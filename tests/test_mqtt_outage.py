@@ -1,5 +1,6 @@
 """Failures against a real Mosquitto: the agent killed (Last Will), the broker restarted in the
-middle of a stream of finals, TLS with a good and a wrong CA, a wrong password."""
+middle of a stream of finals, one device's error storm in an outage, TLS with a good and a wrong CA,
+a wrong password."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import textwrap
 import threading
 import time
 
+import jsonschema
 import pytest
-from helpers import ROOT, emit_all, final, settings_for
+from helpers import ROOT, emit_all, final, settings_for, utterance
 from mosquitto_fixture import Subscriber, needs_mosquitto, retained
 
 from agent.mqtt.publisher import MqttPublisher
@@ -88,6 +90,53 @@ def test_broker_restart_mid_stream_every_final_once_in_order(make_broker, caplog
     assert sorted(set(ids)) == list(range(1, n + 1))
     assert "lost the connection" in caplog.text and "reconnected to" in caplog.text
     assert pub.stop() == 0
+    sub.close()
+
+
+def test_an_error_storm_of_one_device_costs_another_device_no_final(make_broker, caplog):
+    """Broker down: device A says one utterance; device B sends 1,200 speech_start and 3,000 errors.
+    Before, they shared one lane of 1,000 and A's final was dropped, without a log line of its own."""
+    from agent.events import Emitter, Problem, SpeechStarted
+
+    caplog.set_level(logging.INFO, logger="agent.mqtt")
+    b = make_broker()
+    sub = Subscriber(b, ["stt-agent/kiosk-a/#", "stt-agent/kiosk-b/#"], client_id="storm-sub", persistent=True)
+    b.stop()
+    pub = MqttPublisher(settings_for(b, outbox_max=1000))
+    a = Emitter("kiosk-a", pub.session, [pub])  # as the pipeline and the server emit: the publisher a sink
+    device_b = Emitter("kiosk-b", pub.session, [pub])
+    pub.start()
+    for i in range(1, 1201):
+        device_b.emit(SpeechStarted(i, float(i), None, None, None))
+    for event in utterance(1):
+        a.emit(event)
+    codes = ("bad_frame", "bad_header", "too_fast")
+    for i in range(3000):
+        device_b.emit(Problem("stream", codes[i % 3], f"frame {i} is not Opus"))
+    stats = pub.stats()
+    dropped = stats["dropped"]
+    assert not pub.connected and stats["queued"] == 3 + 997 + 3  # A's utterance, B's newest vad, 3 errors
+    assert dropped["by_type"]["final"] == dropped["by_type"]["emotion"] == dropped["by_type"]["language"] == 0
+    assert dropped["by_type"]["speech_start"] == dropped["outbox_full"] == 203 and dropped["collapsed"] == 2997
+    assert sum(dropped["by_type"].values()) == 203
+    b.start()
+    (final_a,) = sub.wait_topic("stt-agent/kiosk-a/stt/final", 1, timeout=15)
+    assert json.loads(final_a.payload)["utterance_id"] == 1
+    errors = sub.wait_topic("stt-agent/kiosk-b/error", 3, timeout=15)
+    vad = sub.wait_topic("stt-agent/kiosk-b/vad", 997, timeout=15)
+    time.sleep(0.3)
+    schema = json.loads((ROOT / "docs" / "schemas" / "error.json").read_text(encoding="utf-8"))
+    bodies = [json.loads(m.payload) for m in errors]
+    for body in bodies:
+        jsonschema.validate(body, schema)
+    assert [(e["code"], e["repeated"]) for e in bodies] == [(code, 999) for code in codes]
+    assert len(sub.on("stt-agent/kiosk-b/error")) == 3
+    # B's messages left in the order they were made: its seq rises on the wire
+    seqs = [json.loads(m.payload)["seq"] for m in sub.messages if m.topic.startswith("stt-agent/kiosk-b/")]
+    assert seqs == sorted(seqs) and seqs[:1] == [204] and [e["seq"] for e in bodies] == [1201, 1202, 1203]
+    assert [json.loads(m.payload)["utterance_id"] for m in vad[:1]] == [204]
+    assert "outbox full" in caplog.text and caplog.text.count("dropped a speech_start") == 1
+    assert pub.stats()["dropped"]["by_type"]["final"] == 0 and pub.stop() == 0
     sub.close()
 
 

@@ -1,5 +1,5 @@
 """MQTT pieces without a broker: settings, command validation (against docs/schemas/command.json),
-outbox bounds and expiry, latency percentiles, payload mapping, Home Assistant discovery."""
+outbox lanes, bounds, collapsing and expiry, latency percentiles, payload mapping, Home Assistant discovery."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from agent.errors import ConfigError
 from agent.mqtt.commands import CommandError, parse_command, request_id_of
 from agent.mqtt.discovery import discovery_messages
 from agent.mqtt.health import LatencyWindow
-from agent.mqtt.outbox import Outbox
+from agent.mqtt.outbox import DROP_TYPES, EXPIRED, FULL, OFFLINE, Outbox
 from agent.mqtt.payloads import EventMapper, Message
 from agent.mqtt.settings import MqttQosSettings, MqttSettings
 from agent.mqtt.topics import Topics, device_id_of
@@ -141,8 +141,14 @@ def test_command_languages_default_to_the_recognizers():
     assert tuple(schema("command.json")["oneOf"][1]["properties"]["language"]["enum"]) == tuple(LANGUAGES)
 
 
-def msg(kind="final", seq=1, created=0.0):
-    return Message(kind, "t", b"{}", 1, seq=seq, created=created)
+def msg(kind="final", seq=1, created=0.0, **kw):
+    return Message(kind, "t", b"{}", 1, seq=seq, created=created, **kw)
+
+
+def error(device, code, seq, created=0.0):
+    payload = json.dumps({"type": "error", "device_id": device, "seq": seq, "code": code}).encode()
+    return Message("error", f"p/{device}/error", payload, 1, seq=seq, created=created, event_type="error",
+                   collapse_key=(device, code))
 
 
 def test_outbox_drops_oldest_when_full_and_counts():
@@ -194,6 +200,9 @@ def test_final_maps_to_its_topic_and_hermes_and_the_derived_events_to_theirs():
     reply = mapper.map(stamped(Problem("command", "bad_json", "x", request="{", request_id=4)))
     failure = mapper.map(stamped(Problem("pipeline", "decode_failed", "x", utterance_id=2)))
     assert (reply[0].kind, failure[0].kind) == ("reply", "error") and reply[0].queued
+    # a pipeline error may collapse into a waiting one of its device and code; an answer never does
+    assert (failure[0].collapse_key, reply[0].collapse_key) == (("dev1", "decode_failed"), None)
+    assert (failure[0].drop_type, reply[0].drop_type, emotion[0].drop_type) == ("error", "reply", "emotion")
     assert reply[0].topic == failure[0].topic == "stt-agent/dev1/error"
     assert json.loads(reply[0].payload)["request_id"] == 4
 
@@ -209,13 +218,70 @@ def test_outbox_keeps_finals_when_command_answers_flood_it():
     assert [box.pop().seq for _ in range(5)] == [1, 197, 198, 199, 2]
 
 
-def test_a_full_outbox_drops_a_partial_before_any_final():
+def test_finals_have_a_lane_nothing_else_can_evict():
+    """Partials, vad and errors fill only their own lane; a final goes only for a newer final."""
+    drops = []
+    box = Outbox(3, on_drop=lambda m, reason: drops.append((m.seq, m.drop_type, reason)))
+    box.put(msg("final", 1, created=1.0))
+    box.put(msg("emotion", 2, created=2.0))
+    for i in range(3, 103):  # 100 partials, vad events and errors of other codes
+        kind = ("partial", "vad", "error")[i % 3]
+        box.put(msg(kind, i, created=float(i), event_type="speech_start" if kind == "vad" else kind))
+    assert box.dropped_by_type["final"] == box.dropped_by_type["emotion"] == 0
+    assert [m.seq for m in box._finals] == [1, 2]
+    box.put(msg("language", 103, created=103.0))
+    box.put(msg("final", 104, created=104.0))  # the lane is full: the oldest final goes, counted and told
+    assert drops[-1] == (1, "final", FULL) and box.dropped_by_type["final"] == 1
+    assert box.dropped_full == 98 and sum(box.dropped_by_type.values()) == 98
+    assert (box.dropped_by_type["partial"], box.dropped_by_type["speech_start"], box.dropped_by_type["error"]) == (
+        33, 32, 32)  # 34, 33 and 33 came; the last of each (100, 101, 102) waits
+    # the sender takes the oldest head of the lanes: creation order across lanes
+    assert [box.pop().seq for _ in range(6)] == [2, 100, 101, 102, 103, 104] and box.pop() is None
+
+
+def test_a_full_events_lane_drops_a_partial_first_and_a_status_last():
     box = Outbox(3)
-    for m in (msg("final", 1), msg("partial", 2), msg("final", 3)):
+    for m in (msg("status", 1, retain=True), msg("vad", 2), msg("partial", 3)):
         box.put(m)
-    assert box.put(msg("final", 4)).seq == 2  # the partial goes, not the oldest final
-    assert box.put(msg("final", 5)).seq == 1
-    assert [box.pop().seq for _ in range(3)] == [3, 4, 5]
+    assert box.put(msg("vad", 4)).seq == 3  # the partial: stale anyway
+    assert box.put(msg("vad", 5)).seq == 2  # then the oldest event that is not a status
+    assert box.put(msg("vad", 6)).seq == 4
+    assert [m.seq for m in box._events] == [1, 5, 6]
+    for i in (7, 8):
+        box.put(msg("status", i, retain=True))
+    assert box.put(msg("status", 9, retain=True)).seq == 1  # only statuses left: the oldest goes
+
+
+def test_one_devices_repeated_errors_collapse_into_the_waiting_one():
+    box = Outbox(10)
+    box.put(error("b", "bad_frame", 1, created=1.0))
+    box.put(msg("final", 2, created=2.0))
+    for seq in range(3, 3003):
+        assert box.put(error("b", "bad_frame", seq, created=float(seq))) is None
+    box.put(error("b", "decode_failed", 3003, created=3003.0))  # another code: its own message
+    box.put(error("c", "bad_frame", 3004, created=3004.0))  # another device: its own message
+    assert len(box) == 4 and box.collapsed == 3000 and sum(box.dropped_by_type.values()) == 0
+    first = box.pop()
+    assert first.seq == 1 and json.loads(first.payload) == {"type": "error", "device_id": "b", "seq": 1,
+                                                            "code": "bad_frame", "repeated": 3000}
+    assert [box.pop().seq for _ in range(3)] == [2, 3003, 3004]
+    box.put(error("b", "bad_frame", 3005))  # nothing of its kind waits any more: queued, not collapsed
+    assert "repeated" not in json.loads(box.pop().payload) and box.collapsed == 3000
+
+
+def test_every_drop_is_counted_by_type_and_told_with_its_reason():
+    drops = []
+    box = Outbox(10, on_drop=lambda m, reason: drops.append((m.drop_type, reason)))
+    box.put(msg("partial", 1, event_type="partial"))
+    box.put(msg("hermes_partial", None))
+    box.drop_unqueued()
+    box.count_offline(msg("partial", 2, event_type="partial"))
+    assert box.remaining_expiry(msg("final", 3, created=0.0, event_type="final"), 60, now=61.0) == 0
+    box.put(error("b", "x", 4))
+    box.put(error("b", "x", 5))  # collapsed: not a drop
+    assert drops == [("partial", OFFLINE), ("hermes_partial", OFFLINE), ("partial", OFFLINE), ("final", EXPIRED)]
+    assert set(DROP_TYPES) <= set(box.dropped_by_type)
+    assert {k: v for k, v in box.dropped_by_type.items() if v} == {"partial": 2, "hermes_partial": 1, "final": 1}
 
 
 def test_offline_counts_partials_apart_from_their_hermes_mirrors():

@@ -1,93 +1,157 @@
 """The bounded outbox: messages the pipeline produced that paho has not been handed yet.
 
-Two lanes, so nobody else's traffic can push a final out:
-- events (finals, emotion, language, vad, pipeline errors, partials), at most `max_size`; when it
-  is full a partial goes first (it is stale anyway), else the oldest event;
-- replies (answers to commands), at most `max_replies`; a command flood only ever drops its own
-  older answers. It measured 6 finals of 16 lost to ~98,000 bad commands in one shared lane.
-The sender takes the older head of the two, so answers and events leave in the order they were made.
+Three lanes, so nothing else can push a final out:
+- finals: finals, their emotion and language, and their Hermes mirrors; at most `max_size`.
+  Only a newer final can evict one: when the lane is full the oldest message in it goes (counted
+  per type and reported through `on_drop`).
+- events: vad, pipeline and agent errors, partials, network devices' status; at most `max_size`.
+  When full a partial goes first (stale anyway), else the oldest event other than a status (the
+  retained last word on a device), else the oldest status.
+- replies: answers to commands; at most `max_replies`; a command flood only drops its own older
+  answers. It measured 6 finals of 16 lost to ~98,000 bad commands in one shared lane, and one
+  device's final lost to 3,000 errors of another device in one lane of 1,000.
+An error while one of the same (device, code) still waits is not queued: the waiting one counts it
+(`Message.repeated`) and is published with `"repeated": n`, so one device's error storm takes one
+slot. The sender takes the oldest head of the three lanes: messages leave in the order they were
+made, which keeps every device's seq order on the wire.
 The pipeline thread appends (never blocks); the publisher's sender thread takes from the front.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
-from agent.mqtt.payloads import Message
+from agent.mqtt.payloads import Message, dumps
 
 REPLY = "reply"
+FINAL_KINDS = ("final", "emotion", "language", "hermes_text")
+# The types drops are counted by (health: mqtt.dropped.by_type); every key always present.
+DROP_TYPES = ("final", "emotion", "language", "partial", "speech_start", "speech_end", "error", "status", "reply",
+              "hermes_text", "hermes_partial")
+# Why a message was dropped, as on_drop is told.
+FULL, EXPIRED, OFFLINE = "full", "expired", "offline"
 
 
 class Outbox:
-    def __init__(self, max_size: int, max_replies: int = 100):
+    def __init__(self, max_size: int, max_replies: int = 100,
+                 on_drop: Callable[[Message, str], None] | None = None):
+        """`on_drop(message, reason)`: called (outside the lock) for every message dropped, reason
+        FULL, EXPIRED or OFFLINE; the caller logs it."""
         self.max_size = max_size
         self.max_replies = max_replies
+        self._on_drop = on_drop
+        self._finals: deque = deque()
         self._events: deque = deque()
         self._replies: deque = deque()
+        self._waiting_errors: dict = {}  # collapse key -> the error message waiting with it
+        self._partials = 0  # partials (and their mirrors) in the events lane: a full lane scans only if > 0
         self._lock = threading.Lock()
-        self.dropped_full = 0  # events dropped because the outbox was full
+        self.dropped_full = 0  # finals and events dropped because their lane was full
         self.dropped_replies = 0  # answers to commands dropped for newer answers
         self.dropped_expired = 0  # older than the message expiry when their turn came
         self.dropped_offline = 0  # partials that met a disconnected broker
         self.dropped_mirrors_offline = 0  # Hermes partial mirrors that met a disconnected broker
+        self.collapsed = 0  # errors counted on a waiting one of the same device and code instead of queued
+        self.dropped_by_type = dict.fromkeys(DROP_TYPES, 0)
 
     def __len__(self) -> int:
-        return len(self._events) + len(self._replies)
+        return len(self._finals) + len(self._events) + len(self._replies)
 
     def put(self, message: Message) -> Message | None:
-        """Append; return the message dropped to make room, if any."""
+        """Append (or collapse into a waiting error); return the message dropped to make room, if any."""
         with self._lock:
-            if message.kind == REPLY:
-                dropped = self._replies.popleft() if len(self._replies) >= self.max_replies else None
-                self.dropped_replies += dropped is not None
-                self._replies.append(message)
-                return dropped
-            dropped = None
-            if len(self._events) >= self.max_size:
-                dropped = self._drop_one_event()
-            self._events.append(message)
-            return dropped
+            dropped = self._put(message)
+            if dropped is not None:
+                self._count(dropped)
+        if dropped is not None and self._on_drop is not None:
+            self._on_drop(dropped, FULL)
+        return dropped
 
-    def _drop_one_event(self) -> Message:  # with the lock held
-        for i, m in enumerate(self._events):
-            if not m.queued:  # a partial: stale by now, and never worth a final
-                del self._events[i]
-                break
-        else:
-            m = self._events.popleft()
-        self.dropped_full += 1
+    def _put(self, message: Message) -> Message | None:  # with the lock held
+        if message.kind == REPLY:
+            dropped = self._replies.popleft() if len(self._replies) >= self.max_replies else None
+            self.dropped_replies += dropped is not None
+            self._replies.append(message)
+            return dropped
+        if message.collapse_key is not None:
+            waiting = self._waiting_errors.get(message.collapse_key)
+            if waiting is not None:
+                waiting.repeated += 1 + message.repeated
+                self.collapsed += 1
+                return None
+        lane = self._finals if message.kind in FINAL_KINDS else self._events
+        dropped = None
+        if len(lane) >= self.max_size:
+            dropped = lane.popleft() if lane is self._finals else self._evict_event()
+            self._forget(dropped)
+            self.dropped_full += 1
+        lane.append(message)
+        self._partials += not message.queued
+        if message.collapse_key is not None:
+            self._waiting_errors[message.collapse_key] = message
+        return dropped
+
+    def _evict_event(self) -> Message:  # with the lock held; the events lane is full
+        victim = next((i for i, m in enumerate(self._events) if not m.queued), None) if self._partials else None
+        if victim is None:
+            victim = next((i for i, m in enumerate(self._events) if m.kind != "status"), 0)
+        m = self._events[victim]
+        del self._events[victim]
         return m
 
+    def _forget(self, message: Message):  # with the lock held: it no longer waits
+        self._partials -= not message.queued
+        if message.collapse_key is not None and self._waiting_errors.get(message.collapse_key) is message:
+            del self._waiting_errors[message.collapse_key]
+
+    def _count(self, message: Message):  # with the lock held
+        self.dropped_by_type[message.drop_type] = self.dropped_by_type.get(message.drop_type, 0) + 1
+
     def pop(self) -> Message | None:
+        """The oldest head of the lanes; a collapsed error's payload then says how many it stands for."""
         with self._lock:
-            if self._events and (not self._replies or self._events[0].created <= self._replies[0].created):
-                return self._events.popleft()
-            return self._replies.popleft() if self._replies else None
+            heads = [lane for lane in (self._finals, self._events, self._replies) if lane]
+            if not heads:
+                return None
+            message = min(heads, key=lambda lane: lane[0].created).popleft()
+            self._forget(message)
+        if message.repeated:  # no longer waiting: nothing adds to the count from here on
+            body = json.loads(message.payload)
+            body["repeated"] = message.repeated
+            message.payload = dumps(body)
+        return message
 
     def count_offline(self, message: Message):
         with self._lock:
             self._count_offline(message)
+        if self._on_drop is not None:
+            self._on_drop(message, OFFLINE)
 
-    def _count_offline(self, message: Message):
+    def _count_offline(self, message: Message):  # with the lock held
         if message.kind == "partial":
             self.dropped_offline += 1
         else:
             self.dropped_mirrors_offline += 1
+        self._count(message)
 
     def drop_unqueued(self) -> int:
         """Drop the messages that do not wait out an outage (partials); return how many."""
         with self._lock:
-            keep = deque()
+            keep, gone = deque(), []
             for m in self._events:
-                if m.queued:
-                    keep.append(m)
-                else:
-                    self._count_offline(m)
-            n = len(self._events) - len(keep)
+                (keep if m.queued else gone).append(m)
+            for m in gone:
+                self._count_offline(m)
             self._events = keep
-            return n
+            self._partials = 0
+        if self._on_drop is not None:
+            for m in gone:
+                self._on_drop(m, OFFLINE)
+        return len(gone)
 
     def remaining_expiry(self, message: Message, expiry_s: int, now: float | None = None) -> int | None:
         """Whole seconds of life left (>= 1), None if it never expires, 0 if it already has (counted)."""
@@ -97,5 +161,8 @@ class Outbox:
         if age >= expiry_s:
             with self._lock:
                 self.dropped_expired += 1
+                self._count(message)
+            if self._on_drop is not None:
+                self._on_drop(message, EXPIRED)
             return 0
         return max(1, int(expiry_s - age))

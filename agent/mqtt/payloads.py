@@ -21,13 +21,21 @@ _LANE = {"final": "final", "partial": "partial", "emotion": "emotion", "language
 
 @dataclass
 class Message:
-    kind: str  # final, partial, emotion, language, vad, error, reply, hermes_text, hermes_partial
+    kind: str  # final, partial, emotion, language, vad, error, reply, hermes_text, hermes_partial, status
     topic: str
     payload: bytes
     qos: int
     retain: bool = False
     seq: int | None = None
     created: float = field(default_factory=time.monotonic)
+    event_type: str | None = None  # speech_start, speech_end, ... where the kind does not say
+    collapse_key: tuple | None = None  # (device, code) of an error: repeats collapse into a waiting one
+    repeated: int = 0  # errors collapsed into this one while it waited (published as "repeated")
+
+    @property
+    def drop_type(self) -> str:
+        """How a drop of it is counted (health: mqtt.dropped.by_type)."""
+        return self.event_type or self.kind
 
     @property
     def queued(self) -> bool:
@@ -50,9 +58,14 @@ class EventMapper:
         topic = {"final": topics.final, "partial": topics.partial, "emotion": topics.emotion,
                  "language": topics.language, "vad": topics.vad, "error": topics.error}[kind]
         qos = getattr(self.qos, kind)
-        if isinstance(event, Problem) and event.source == "command":
-            kind = "reply"  # its own lane: answers can never push out a final
-        out = [Message(kind, topic, dumps(body(stamped)), qos, seq=stamped.seq)]
+        collapse_key = None
+        if isinstance(event, Problem):
+            if event.source == "command":
+                kind = "reply"  # its own lane: answers can never push out a final
+            else:  # one device's error storm waits as one message with a count
+                collapse_key = (stamped.device_id, event.code)
+        out = [Message(kind, topic, dumps(body(stamped)), qos, seq=stamped.seq,
+                       event_type="reply" if kind == "reply" else event.type, collapse_key=collapse_key)]
         if self.hermes_site is not None and isinstance(event, (Final, Partial)):
             final = isinstance(event, Final)
             out.append(Message("hermes_text" if final else "hermes_partial", HERMES_TEXT if final else HERMES_PARTIAL,

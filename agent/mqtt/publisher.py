@@ -47,7 +47,7 @@ from agent.mqtt.commands import CommandError, parse_command, request_id_of
 from agent.mqtt.connection import describe_reason, diagnose, hint_for, make_client
 from agent.mqtt.discovery import discovery_messages
 from agent.mqtt.health import LatencyWindow, RateLimitedLog, SpeechHealth
-from agent.mqtt.outbox import Outbox
+from agent.mqtt.outbox import EXPIRED, FULL, OFFLINE, Outbox
 from agent.mqtt.payloads import SCHEMA_VERSION, EventMapper, Message, dumps
 from agent.mqtt.topics import Topics, client_id_of, device_id_of
 
@@ -86,7 +86,7 @@ class MqttPublisher:
         hermes_site = settings.hermes.site_id if settings.hermes.enabled else None
         self._mapper = EventMapper(settings.topic_prefix, settings.qos, hermes_site)
         self._map_lock = threading.Lock()
-        self._outbox = Outbox(settings.outbox_max)
+        self._outbox = Outbox(settings.outbox_max, on_drop=self._dropped)
         self._acks: deque = deque()  # (mid, reason code) from on_publish, consumed by the sender
         self._wake = threading.Event()
         self._connected = threading.Event()
@@ -111,7 +111,7 @@ class MqttPublisher:
         self._over_limit_reported = (0, time.monotonic())
         self.last_error: str | None = None
         self._last_problem = ("", 0.0)
-        self._drop_log = RateLimitedLog(log, 10.0)
+        self._drop_logs: dict = {}  # (reason, type) -> RateLimitedLog: a flood of one never hides another
         self._error_log = RateLimitedLog(log, 10.0)
         self._reject_log = RateLimitedLog(log, 10.0)
         self._ha_status = f"{settings.home_assistant.discovery_prefix}/status"
@@ -235,12 +235,25 @@ class MqttPublisher:
         if not message.queued and not self._connected.is_set():
             self._outbox.count_offline(message)
             return
-        dropped = self._outbox.put(message)
-        if dropped is not None:
-            self._drop_log(logging.WARNING, "MQTT: outbox full (%d events, broker %s %s): dropped the oldest, "
-                           "a %s (seq %s); %d dropped so far", self._outbox.max_size, self.broker,
-                           "connected" if self.connected else "unreachable", dropped.kind, dropped.seq,
-                           self._outbox.dropped_full)
+        self._outbox.put(message)  # what it drops is logged by _dropped
+
+    def _dropped(self, message: Message, reason: str):
+        """The outbox dropped `message`: one line at once, then at most one per 10 s for each (reason, type)."""
+        kind = message.drop_type
+        limiter = self._drop_logs.get((reason, kind))
+        if limiter is None:
+            limiter = self._drop_logs.setdefault((reason, kind), RateLimitedLog(log, 10.0))
+        so_far = self._outbox.dropped_by_type.get(kind, 0)
+        if reason == FULL:
+            limiter(logging.WARNING, "MQTT: outbox full (%d per lane, broker %s %s): dropped a %s (seq %s) for %s; "
+                    "%d %s message(s) dropped so far", self._outbox.max_size, self.broker,
+                    "connected" if self.connected else "unreachable", kind, message.seq, message.topic, so_far, kind)
+        elif reason == EXPIRED:
+            limiter(logging.WARNING, "MQTT: a %s (seq %s) for %s expired after %d s in the outbox; %d %s message(s) "
+                    "dropped so far", kind, message.seq, message.topic, self.settings.message_expiry_s, so_far, kind)
+        elif reason == OFFLINE:
+            limiter(logging.INFO, "MQTT: a %s for %s was not sent: broker %s unreachable (partials wait for "
+                    "nobody); %d %s message(s) dropped so far", kind, message.topic, self.broker, so_far, kind)
 
     # ------------------------------------------------------------------ sender thread
     def _send_loop(self):
@@ -299,9 +312,7 @@ class MqttPublisher:
                 return
             remaining = self._outbox.remaining_expiry(message, expiry)
             if remaining == 0:
-                self._drop_log(logging.WARNING, "MQTT: a %s (seq %s) expired after %d s in the outbox; "
-                               "%d expired so far", message.kind, message.seq, expiry, self._outbox.dropped_expired)
-                continue
+                continue  # counted and logged (_dropped)
             properties = None
             if self._v5 and remaining:
                 properties = Properties(PacketTypes.PUBLISH)
@@ -349,7 +360,8 @@ class MqttPublisher:
                 "dropped": {"outbox_full": self._outbox.dropped_full, "expired": self._outbox.dropped_expired,
                             "offline": self._outbox.dropped_offline,
                             "mirrors_offline": self._outbox.dropped_mirrors_offline,
-                            "replies": self._outbox.dropped_replies},
+                            "replies": self._outbox.dropped_replies, "by_type": dict(self._outbox.dropped_by_type),
+                            "collapsed": self._outbox.collapsed},
                 "errors": self.errors, "network_errors": self.network_errors, "reconnects": self.reconnects,
                 "connect_failures": self.connect_failures, "last_error": self.last_error,
                 "publish_latency_ms": self.publish_latency_ms.summary(),
