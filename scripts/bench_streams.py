@@ -116,11 +116,13 @@ class Server:
             f"vad:\n  kind: silero\nlogging:\n  level: info\n"
             f"server:\n  host: 127.0.0.1\n  port: {self.port}\n  auth: none\n  max_streams: 256\n"
             f"  admission_load: 1.0\n  batch_size: {batch_size}\n{args.extra_config}", encoding="utf-8")
+        repo = args.repo or REPO
         self.proc = subprocess.Popen([sys.executable, "-m", "agent", "serve", "--config", str(config)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO,
-                                     env={**os.environ, "PYTHONPATH": str(REPO)})
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=repo,
+                                     env={**os.environ, "PYTHONPATH": str(repo)})
         wait_listening(self.proc, self.port, 60, "bench_streams: serve")
         self.rss_mib = 0.0
+        self.threads = 0
         self._cpu0 = self.cpu_seconds()
 
     def cpu_seconds(self) -> float:
@@ -130,8 +132,9 @@ class Server:
 
     def sample(self):
         with open(f"/proc/{self.proc.pid}/status") as f:
-            rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
-        self.rss_mib = max(self.rss_mib, rss)
+            status = dict(line.split(":", 1) for line in f if ":" in line)
+        self.rss_mib = max(self.rss_mib, int(status["VmRSS"].split()[0]) / 1024)
+        self.threads = max(self.threads, int(status["Threads"]))
 
     def stop(self) -> str:
         self.proc.terminate()
@@ -240,13 +243,40 @@ async def run_n(args, n: int, batch_size: int, conversations: list, work: Path) 
     report["connections_failed"] = list(FAILED)
     LATE.clear(), BLOCKED.clear(), FAILED.clear()
     report.update(streams=n, batch_size=batch_size, wall_s=round(wall, 1), cpu_percent=round(100 * cpu / wall, 1),
-                  peak_rss_mib=round(server.rss_mib, 1))
+                  peak_rss_mib=round(server.rss_mib, 1), peak_threads=server.threads)
     totals = [line for line in err.splitlines() if "model time by kind of decode" in line]
     if totals:
         report["model_time"] = totals[-1].split("decode: ", 1)[1].split(" EVENT=")[0]
     if "Traceback" in err:
         report["server_errors"] = err[-2000:]
     return report
+
+
+async def run_idle(args, n: int, work: Path) -> dict:
+    """`n` devices connected (a start message each, then nothing) for --idle-seconds: the server's CPU then is
+    what holding connections costs, with no audio to process."""
+    from websockets.asyncio.client import connect
+
+    server = Server(args, 0, work)
+    sockets = []
+    try:
+        for i in range(n):
+            ws = await connect(f"ws://127.0.0.1:{server.port}/ws/stt/idle{i:02d}")
+            await ws.send(json.dumps({"type": "start"}))
+            sockets.append(ws)
+        await asyncio.sleep(2.0)  # every stream set up
+        cpu0, started = server.cpu_seconds(), time.monotonic()
+        while time.monotonic() - started < args.idle_seconds:
+            server.sample()
+            await asyncio.sleep(0.5)
+        cpu = server.cpu_seconds() - cpu0
+        wall = time.monotonic() - started
+    finally:
+        for ws in sockets:
+            await ws.close()
+        server.stop()
+    return {"idle_devices": n, "seconds": round(wall, 1), "cpu_percent": round(100 * cpu / wall, 2),
+            "peak_rss_mib": round(server.rss_mib, 1), "peak_threads": server.threads}
 
 
 class PeerServer(Server):
@@ -369,7 +399,16 @@ def main():
     ap.add_argument("--peer-python", type=Path, default=Path(sys.executable))
     ap.add_argument("--peer-streams", help="stream counts for the peer (default: --streams)")
     ap.add_argument("--silero-vad", type=Path, help="silero_vad.onnx for the peer's devices")
+    ap.add_argument("--repo", type=Path, help="the checkout whose `serve` is measured (default: this one)")
+    ap.add_argument("--idle", type=int, help="only measure this many connected devices that send nothing")
+    ap.add_argument("--idle-seconds", type=float, default=30.0)
     args = ap.parse_args()
+    if args.idle:
+        args.extra_config += "  idle_timeout_s: 600\n"
+        args.work.mkdir(parents=True, exist_ok=True)
+        print(json.dumps({"machine": f"{platform.machine()}, {os.cpu_count()} cores", "repo": str(args.repo or REPO),
+                          "date": time.strftime("%Y-%m-%d %H:%M"), **asyncio.run(run_idle(args, args.idle, args.work))}))
+        return
     if args.peer_server and args.silero_vad is None:
         from bench_longform import find_silero
 
@@ -380,6 +419,7 @@ def main():
     most = max(counts + [int(x) for x in (args.peer_streams or "0").split(",")])
     conversations = [conversation(pool, args.seconds, seed=100 + i, workload=args.workload) for i in range(most)]
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d %H:%M"),
+              "repo": str(args.repo or REPO),
               "model": str(args.model), "threads": args.threads, "seconds_per_device": args.seconds,
               "workload": args.workload, "speech_share": round(float(np.mean(
                   [sum(e - b for b, e in c[1]) / (len(c[0]) / 2) for c in conversations])), 2), "runs": []}
