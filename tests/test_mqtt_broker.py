@@ -69,7 +69,7 @@ def real_events(tmp_path_factory):
 def test_every_topic_payload_matches_its_schema(broker, real_events):
     sub = Subscriber(broker, ["stt-agent/#", "hermes/#"])
     handled = []
-    pub = MqttPublisher(settings_for(broker, hermes__enabled=True), on_command=handled.append,
+    pub = MqttPublisher(settings_for(broker, hermes__enabled=True), on_command=lambda _, c: handled.append(c),
                         health=lambda: {"provider": "cpu", "model": "tiny", "overflows": 0, "samples_lost": 0,
                                         "audio_device": {"name": "file", "state": "open"}})
     pub.start()
@@ -129,7 +129,8 @@ def test_commands_valid_reach_handler_bad_ones_answered_on_error_topic(broker, c
     caplog.set_level(logging.WARNING, logger="agent.mqtt")
     handled = []
 
-    def handler(command):
+    def handler(device_id, command):
+        assert device_id == "dev1"
         if command["command"] == "unmute":
             raise RuntimeError("microphone is gone")
         handled.append(command)

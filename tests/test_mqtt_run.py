@@ -55,7 +55,8 @@ def test_run_publishes_finals_vad_emotion_language_and_status(broker, tmp_path):
 
 
 def test_commands_change_the_running_daemon(broker, tmp_path):
-    """set_language reaches the decodes; mute stops listening; a bad command is answered on error."""
+    """set_language reaches the decodes; mute stops listening; a bad command is answered on error; a
+    command for a device that is not connected is answered on that device's error topic."""
     import os
     import subprocess
     import sys
@@ -69,7 +70,7 @@ def test_commands_change_the_running_daemon(broker, tmp_path):
     audio = np.concatenate([np.zeros(48000), speech(), np.zeros(32000), speech(), np.zeros(32000)])
     wav = write_wav(tmp_path / "a.wav", audio)
     config = mqtt_config(tmp_path, model, broker, "box2")
-    sub = Subscriber(broker, "stt-agent/box2/#")
+    sub = Subscriber(broker, ["stt-agent/box2/#", "stt-agent/box9/error"])
     proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config), "--input", str(wav)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -82,6 +83,9 @@ def test_commands_change_the_running_daemon(broker, tmp_path):
         (final,) = sub.wait_topic("stt-agent/box2/stt/final", count=1, timeout=30)
         publish.single(cmd, json.dumps({"command": "mute"}), qos=1, hostname=broker.host, port=broker.port)
         errors = sub.wait_topic("stt-agent/box2/error", count=1, timeout=10)
+        publish.single("stt-agent/box9/cmd", json.dumps({"command": "unmute", "id": 3}), qos=1,
+                       hostname=broker.host, port=broker.port)
+        (other,) = sub.wait_topic("stt-agent/box9/error", count=1, timeout=10)
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
@@ -90,6 +94,10 @@ def test_commands_change_the_running_daemon(broker, tmp_path):
     assert json.loads(final.payload)["language"] == "ja"  # the fixed-language prompt reached the model
     jsonschema.validate(json.loads(errors[0].payload), schema("error"))
     assert len(sub.on("stt-agent/box2/stt/final")) == 1  # the muted speech was never decoded
+    other = json.loads(other.payload)
+    jsonschema.validate(other, schema("error"))
+    assert (other["device_id"], other["code"], other["request_id"], other["seq"]) == ("box9", "not_connected", 3, 1)
+    assert len(sub.on("stt-agent/box2/error")) == 1  # box2's own error topic heard nothing of it
     sub.close()
 
 

@@ -1,4 +1,4 @@
-"""MQTT pieces without a broker: settings, command validation (against docs/schemas/command.json),
+"""MQTT pieces without a broker: settings, command validation (by docs/schemas/command.json itself),
 outbox lanes, bounds, collapsing and expiry, latency percentiles, payload mapping, Home Assistant discovery."""
 
 from __future__ import annotations
@@ -11,17 +11,17 @@ import pytest
 
 from agent.config_schema import build
 from agent.errors import ConfigError
+from agent.mqtt import commands
 from agent.mqtt.commands import CommandError, parse_command, request_id_of
 from agent.mqtt.discovery import discovery_messages
 from agent.mqtt.health import LatencyWindow
 from agent.mqtt.outbox import DROP_TYPES, EXPIRED, FULL, OFFLINE, Outbox
 from agent.mqtt.payloads import EventMapper, Message
 from agent.mqtt.settings import MqttQosSettings, MqttSettings
-from agent.mqtt.topics import Topics, device_id_of
+from agent.mqtt.topics import Topics, command_device, command_filter, device_id_of
 from helpers import final, stamped
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "docs" / "schemas"
-LANGS = ("zh", "en", "yue", "ja", "ko")
 
 
 def schema(name):
@@ -100,30 +100,52 @@ VALID = [
     {"command": "mute"}, {"command": "unmute", "id": 7}, {"command": "health"}, {"command": "clear_language"},
     {"command": "set_language", "language": "en"}, {"command": "set_language", "allowed_languages": ["zh", "en"]},
 ]
+# payload, code, the message (exactly): it names the field and what was expected
 INVALID = [
-    (b"not json", "bad_json"), (b"[1, 2]", "bad_json"), (b"\xff\xfe", "bad_json"), (b"{}", "missing_field"),
-    (b'{"command": "dance"}', "unknown_command"), (b'{"command": "mute", "volume": 3}', "bad_field"),
-    (b'{"command": "set_language"}', "bad_field"), (b'{"command": "set_language", "language": "fr"}', "bad_field"),
-    (b'{"command": "set_language", "language": "en", "allowed_languages": ["en"]}', "bad_field"),
-    (b'{"command": "set_language", "allowed_languages": []}', "bad_field"),
-    (b'{"command": "set_language", "allowed_languages": ["en", "en"]}', "bad_field"),
-    (b'{"command": "set_language", "allowed_languages": "en"}', "bad_field"),
-    (b'{"command": "mute", "id": [1]}', "bad_field"), (b'{"command": "mute", "id": true}', "bad_field"),
-    (b'{"command": "mute", "pad": "' + b"x" * 5000 + b'"}', "too_large"),
+    (b"not json", "bad_json", "payload is not JSON: Expecting value: line 1 column 1 (char 0)"),
+    (b"[1, 2]", "bad_json", "payload must be a JSON object, got an array"),
+    (b"\xff\xfe", "bad_json", ("payload is not JSON: 'utf-8' codec can't decode byte 0xff in position 0: "
+                               "invalid start byte")),
+    (b"{}", "missing_field", "no 'command' field"),
+    (b'{"command": "dance"}', "unknown_command",
+     "unknown command 'dance' (known: mute, unmute, set_language, clear_language, health)"),
+    (b'{"command": 7}', "unknown_command",
+     "unknown command 7 (known: mute, unmute, set_language, clear_language, health)"),
+    (b'{"command": "mute", "volume": 3}', "bad_field", "mute: unknown field(s) 'volume' (allowed: command, id)"),
+    (b'{"command": "set_language"}', "bad_field",
+     "set_language needs exactly one of 'language' or 'allowed_languages'"),
+    (b'{"command": "set_language", "language": "fr"}', "bad_field",
+     "language 'fr' is not one of: zh, en, yue, ja, ko"),
+    (b'{"command": "set_language", "language": "en", "allowed_languages": ["en"]}', "bad_field",
+     "set_language needs exactly one of 'language' or 'allowed_languages'"),
+    (b'{"command": "set_language", "language": "en", "volume": 3}', "bad_field",
+     "set_language: unknown field(s) 'volume' (allowed: command, id, language)"),
+    (b'{"command": "set_language", "volume": 3}', "bad_field", "set_language: unknown field(s) 'volume'"),
+    (b'{"command": "set_language", "allowed_languages": []}', "bad_field", "allowed_languages must not be empty"),
+    (b'{"command": "set_language", "allowed_languages": ["en", "en"]}', "bad_field",
+     "allowed_languages lists an item twice: ['en', 'en']"),
+    (b'{"command": "set_language", "allowed_languages": ["en", "fr"]}', "bad_field",
+     "allowed_languages[1] 'fr' is not one of: zh, en, yue, ja, ko"),
+    (b'{"command": "set_language", "allowed_languages": "en"}', "bad_field",
+     "allowed_languages must be an array, got a string"),
+    (b'{"command": "mute", "id": [1]}', "bad_field", "id must be a string or an integer, got an array"),
+    (b'{"command": "mute", "id": true}', "bad_field", "id must be a string or an integer, got true or false"),
+    (b'{"command": "mute", "pad": "' + b"x" * 5000 + b'"}', "too_large",
+     "command payload is 5030 bytes (at most 4096)"),
 ]
 
 
 @pytest.mark.parametrize("command", VALID)
 def test_valid_commands_pass_code_and_schema(command):
     jsonschema.validate(command, schema("command.json"))
-    assert parse_command(json.dumps(command).encode(), LANGS) == command
+    assert parse_command(json.dumps(command).encode()) == command
 
 
-@pytest.mark.parametrize("payload,code", INVALID)
-def test_invalid_commands_fail_code_and_schema(payload, code):
+@pytest.mark.parametrize("payload,code,message", INVALID)
+def test_invalid_commands_fail_code_and_schema(payload, code, message):
     with pytest.raises(CommandError) as info:
-        parse_command(payload, LANGS)
-    assert info.value.code == code and info.value.message
+        parse_command(payload)
+    assert (info.value.code, info.value.message) == (code, message)
     try:
         data = json.loads(payload)
     except ValueError:
@@ -133,12 +155,46 @@ def test_invalid_commands_fail_code_and_schema(payload, code):
             jsonschema.validate(data, schema("command.json"))
 
 
-def test_command_languages_default_to_the_recognizers():
+def test_the_schemas_languages_are_the_recognizers():
+    """Commands are checked by the schema's language lists: both must be the model's."""
     from agent.settings import LANGUAGES
 
     assert parse_command(b'{"command":"set_language","language":"yue"}') == {"command": "set_language",
                                                                              "language": "yue"}
-    assert tuple(schema("command.json")["oneOf"][1]["properties"]["language"]["enum"]) == tuple(LANGUAGES)
+    branches = schema("command.json")["oneOf"]
+    assert tuple(branches[1]["properties"]["language"]["enum"]) == tuple(LANGUAGES) == commands.languages()
+    assert tuple(branches[2]["properties"]["allowed_languages"]["items"]["enum"]) == tuple(LANGUAGES)
+
+
+def test_commands_are_checked_by_the_schema_file_itself(tmp_path, monkeypatch):
+    """No second copy of the rules: a command the file adds is valid, one it removes is unknown."""
+    changed = schema("command.json")
+    changed["properties"]["command"]["enum"] = ["mute", "reboot"]
+    changed["oneOf"][0]["properties"]["command"]["enum"] = ["mute", "reboot"]
+    path = tmp_path / "command.json"
+    path.write_text(json.dumps(changed))
+    monkeypatch.setattr(commands, "SCHEMA_PATH", path)
+    commands._validator.cache_clear()
+    try:
+        assert parse_command(b'{"command": "reboot"}') == {"command": "reboot"}
+        with pytest.raises(CommandError, match="unknown command 'health' .known: mute, reboot."):
+            parse_command(b'{"command": "health"}')
+        monkeypatch.setattr(commands, "SCHEMA_PATH", tmp_path / "missing.json")
+        commands._validator.cache_clear()
+        assert "cannot read" in commands.schema_problem()
+        with pytest.raises(CommandError) as info:
+            parse_command(b'{"command": "mute"}')
+        assert info.value.code == "unsupported"
+    finally:
+        commands._validator.cache_clear()
+
+
+def test_command_topics_name_their_device():
+    assert command_filter("a/b") == "a/b/+/cmd"
+    assert command_device("a/b", "a/b/kiosk-1/cmd") == "kiosk-1"
+    assert command_device("a/b", "a/b//cmd") == ""  # checked (and refused) by the publisher
+    for topic in ("a/b/cmd", "a/b/x/y/cmd", "a/c/x/cmd", "a/b/x/status", "homeassistant/status"):
+        assert command_device("a/b", topic) is None, topic
 
 
 def msg(kind="final", seq=1, created=0.0, **kw):
@@ -295,10 +351,14 @@ def test_offline_counts_partials_apart_from_their_hermes_mirrors():
 def test_deeply_nested_json_is_bad_json_not_a_traceback():
     payload = b"[" * 2000 + b"]" * 2000  # under the 4,096-byte limit
     with pytest.raises(CommandError) as info:
-        parse_command(payload, LANGS)
+        parse_command(payload)
     assert info.value.code == "bad_json" and "nested too deeply" in info.value.message
     assert request_id_of(b'{"command": "mute", "id": "r1"}') == "r1"
     assert request_id_of(payload) is None and request_id_of(b"\xff") is None
+    assert request_id_of(b'{"command": "mute", "id": true}') is None  # not an id the schema takes
+    with pytest.raises(CommandError) as info:
+        parse_command(b'{"command": "dance", "id": 4}')
+    assert info.value.request_id == 4
 
 
 def test_discovery_configs():

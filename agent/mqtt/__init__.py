@@ -3,10 +3,11 @@
 - settings.py   MqttSettings (the `mqtt` config section)
 - publisher.py  MqttPublisher: the pipeline's sink; connection, outbox, health, commands
 - payloads.py   pipeline events -> topic + JSON payload
-- commands.py   validation of commands received on <prefix>/<device>/cmd
+- commands.py   commands received on <prefix>/+/cmd, checked by docs/schemas/command.json
 - connection.py paho client construction (TLS, credentials, Last Will) and connect diagnostics
 - discovery.py  Home Assistant discovery configs
-- outbox.py     the bounded outbox;  health.py  latency window and counters;  topics.py  topic names
+- outbox.py     the bounded outbox: a lane for finals, one for other events, one for answers
+- health.py     latency window and counters;  topics.py  topic names
 
 Nothing is imported here, so `agent.mqtt.settings` loads without paho.
 """

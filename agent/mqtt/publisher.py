@@ -20,11 +20,13 @@ Delivery (each queued event exactly once from the agent's side, in order):
 - Partials (QoS 0) are dropped while disconnected. Queued events older than message_expiry_s are
   dropped from the outbox, and with MQTT 5 carry the remaining time as their Message Expiry Interval.
 
-Commands: at most `commands_per_s` a second are read (the rest are counted and summarised in the
-log every 10 s); answers to them travel in their own outbox lane, so a flood of bad commands
-cannot displace a final. Retained commands are refused, always: with MQTT 5 the subscription asks
-the broker to keep the retain flag on live messages ("retain as published"), which MQTT 3.1.1
-cannot express (docs/EVENTS.md).
+Commands: `<prefix>/+/cmd`, for this device and every other one the agent serves (network
+streams); validated against docs/schemas/command.json; answered on that device's error topic,
+numbered among that device's events. At most `commands_per_s` a second are read, all devices
+together (the rest are counted and summarised in the log every 10 s); answers to them travel in
+their own outbox lane, so a flood of bad commands cannot displace a final. Retained commands are
+refused, always: with MQTT 5 the subscription asks the broker to keep the retain flag on live
+messages ("retain as published"), which MQTT 3.1.1 cannot express (docs/EVENTS.md).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
@@ -43,18 +45,34 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent import __version__
 from agent.events import Emitter, Problem, Stamped, new_session
-from agent.mqtt.commands import CommandError, parse_command, request_id_of
+from agent.mqtt.commands import CommandError, parse_command, request_id_of, schema_problem
 from agent.mqtt.connection import describe_reason, diagnose, hint_for, make_client
 from agent.mqtt.discovery import discovery_messages
 from agent.mqtt.health import LatencyWindow, RateLimitedLog, SpeechHealth
 from agent.mqtt.outbox import EXPIRED, FULL, OFFLINE, Outbox
 from agent.mqtt.payloads import SCHEMA_VERSION, EventMapper, Message, dumps
-from agent.mqtt.topics import Topics, client_id_of, device_id_of
+from agent.mqtt.topics import (
+    MAX_DEVICE_ID_BYTES,
+    Topics,
+    client_id_of,
+    command_device,
+    command_filter,
+    device_id_of,
+    topic_problem,
+)
 
 log = logging.getLogger("agent.mqtt")
 paho_log = logging.getLogger("agent.mqtt.paho")
 MAX_INFLIGHT = 20
 _RESERVED_HEALTH_KEYS = ("schema_version", "type", "device_id", "session", "ts", "mqtt")
+# Emitters for answers to devices the app has none for. Past this the oldest is forgotten, and its
+# device's next answer starts at seq 1 again: 256 is 8 times the server's default max_streams (32).
+MAX_FALLBACK_EMITTERS = 256
+
+
+def _excerpt(command: dict) -> str:
+    """A command as an error's `request` (at most 500 characters, as error.json says)."""
+    return dumps(command).decode("utf-8")[:500]
 
 
 class MqttPublisher:
@@ -62,15 +80,20 @@ class MqttPublisher:
 
     health: a callable returning a dict merged into the health message (provider, model, overflows,
       samples_lost, audio_device, ...); called on the sender thread, so it must be quick and thread-safe.
-    on_command: a callable taking a validated command dict, e.g. {"command": "set_language",
-      "language": "en"}; runs on its own thread; an exception is answered on the error topic.
-    emitter: numbers the answers to commands among the device's other events and hands them to
-      every sink; by default one of its own (this publisher its only sink).
+    on_command: `on_command(device_id, command)` with a validated command dict, e.g.
+      {"command": "set_language", "language": "en"}, for this device or any other on the prefix; runs
+      on its own thread. CommandError(code, message) is answered with that code (e.g. not_connected)
+      on that device's error topic; any other exception as command_failed.
+    emitter: numbers this device's answers among its other events and hands them to every sink; by
+      default one of its own (this publisher its only sink).
+    device_emitter: `device_emitter(device_id)` -> the Emitter of that device (its seq goes on), or
+      None; called on the network and command threads. Without one (or for None) this device's
+      answers go through `emitter`, another device's through an Emitter of the publisher's own.
     """
 
     def __init__(self, settings, *, health: Callable[[], dict] | None = None,
-                 on_command: Callable[[dict], None] | None = None, version: str = __version__,
-                 languages: tuple | None = None, emitter: Emitter | None = None):
+                 on_command: Callable[[str, dict], None] | None = None, version: str = __version__,
+                 emitter: Emitter | None = None, device_emitter: Callable[[str], Emitter | None] | None = None):
         self.settings = settings
         self.device_id = device_id_of(settings)
         self.client_id = client_id_of(settings, self.device_id)
@@ -81,7 +104,12 @@ class MqttPublisher:
         self.version = version
         self._health_provider = health
         self._on_command = on_command
-        self._languages = languages
+        self._device_emitter = device_emitter
+        self._fallback_emitters: OrderedDict = OrderedDict()  # device id -> Emitter, oldest use first
+        self._emitters_lock = threading.Lock()
+        self._schema_problem = schema_problem()
+        if self._schema_problem:
+            log.error("MQTT: every command will be refused: %s", self._schema_problem)
         self._v5 = settings.protocol == "5"
         hermes_site = settings.hermes.site_id if settings.hermes.enabled else None
         self._mapper = EventMapper(settings.topic_prefix, settings.qos, hermes_site)
@@ -214,9 +242,30 @@ class MqttPublisher:
             kind = getattr(getattr(stamped, "event", None), "type", type(stamped).__name__)
             self._error_log(logging.ERROR, "MQTT: cannot publish a %s event: %s", kind, exc)
 
-    def error(self, code: str, message: str, *, source: str = "agent", **extra):
-        """Report on the error topic (through the emitter: every sink sees it, in seq order)."""
-        self.emitter.emit(Problem(source, code, message, **extra))
+    def error(self, code: str, message: str, *, source: str = "agent", device_id: str | None = None, **extra):
+        """Report on a device's error topic (this one's by default) through that device's emitter:
+        every sink of it sees it, numbered among its events."""
+        self._emitter_for(device_id or self.device_id).emit(Problem(source, code, message, **extra))
+
+    def _emitter_for(self, device_id: str) -> Emitter:
+        emitter = None
+        if self._device_emitter is not None:
+            try:
+                emitter = self._device_emitter(device_id)
+            except Exception as exc:  # noqa: BLE001 - the answer still goes out, numbered by the fallback
+                self.errors += 1
+                self._error_log(logging.ERROR, "MQTT: device_emitter(%r) failed: %s: %s", device_id,
+                                type(exc).__name__, exc)
+        if emitter is not None:
+            return emitter
+        if device_id == self.device_id:
+            return self.emitter
+        with self._emitters_lock:
+            emitter = self._fallback_emitters.pop(device_id, None) or Emitter(device_id, self.session, [self])
+            self._fallback_emitters[device_id] = emitter
+            while len(self._fallback_emitters) > MAX_FALLBACK_EMITTERS:
+                self._fallback_emitters.popitem(last=False)
+        return emitter
 
     def device_status(self, device_id: str, state: str):
         """A network device's retained status (online while it streams, offline after): queued like a final,
@@ -408,10 +457,11 @@ class MqttPublisher:
         if self._generation > 1:
             self.reconnects += 1
         qos = self.settings.qos
+        commands = command_filter(self.settings.topic_prefix)
         if self._v5:  # the retain flag survives on live deliveries, so a retained command is always seen as one
-            client.subscribe(self.topics.cmd, options=SubscribeOptions(qos=1, retainAsPublished=True))
+            client.subscribe(commands, options=SubscribeOptions(qos=1, retainAsPublished=True))
         else:
-            client.subscribe(self.topics.cmd, qos=1)
+            client.subscribe(commands, qos=1)
         client.publish(self.topics.status, b"online", qos=qos.status, retain=True)
         if self.settings.tls.insecure:
             log.warning("MQTT: connected to %s WITHOUT verifying its TLS certificate (mqtt.tls.insecure: true): "
@@ -455,18 +505,20 @@ class MqttPublisher:
         self._wake.set()
 
     def _on_message(self, client, userdata, msg):
-        if msg.topic == self.topics.cmd:
-            self._on_command_message(msg)
+        device_id = command_device(self.settings.topic_prefix, msg.topic)
+        if device_id is not None:
+            self._on_command_message(device_id, msg)
         elif msg.topic == self._ha_status and msg.payload.strip() == b"online":
             log.info("MQTT: Home Assistant is online: publishing discovery again")
             self._publish_discovery()
 
     # ------------------------------------------------------------------ commands and discovery
-    def _reject(self, code: str, message: str, payload: bytes, request_id=None):
+    def _reject(self, device_id: str, code: str, message: str, payload: bytes, request_id=None):
         self.commands_rejected += 1
         excerpt = payload[:500].decode("utf-8", "replace")
-        self._reject_log(logging.WARNING, "MQTT: rejected command %r: %s", excerpt[:200], message)
-        self.error(code, message, source="command", request=excerpt, request_id=request_id)
+        self._reject_log(logging.WARNING, "MQTT: rejected command %r for device %s: %s", excerpt[:200], device_id,
+                         message)
+        self.error(code, message, source="command", device_id=device_id, request=excerpt, request_id=request_id)
 
     def _command_allowed(self) -> bool:
         """A token bucket of commands_per_s: a flood costs a counter, not a parse, an answer and a log line."""
@@ -492,46 +544,62 @@ class MqttPublisher:
         elif self.commands_over_limit == reported:
             self._over_limit_reported = (reported, now)
 
-    def _on_command_message(self, msg):
+    def _on_command_message(self, device_id: str, msg):
         if not msg.payload:  # how a retained message is cleared: nothing was asked
             return
         if not self._command_allowed():
             return
+        problem = topic_problem(device_id, levels=False, max_bytes=MAX_DEVICE_ID_BYTES)
+        if problem:  # no error topic to answer on: a topic made from it would be refused too
+            self.commands_rejected += 1
+            self._reject_log(logging.WARNING, "MQTT: ignored a command on %r: the device id %s", msg.topic[:300],
+                             problem)
+            return
         if msg.retain:
-            self._reject("retained", "retained commands are ignored (publish commands with retain=false and "
-                                     "clear the retained one)", msg.payload, request_id_of(msg.payload))
+            self._reject(device_id, "retained", "retained commands are ignored (publish commands with retain=false "
+                                                "and clear the retained one)", msg.payload, request_id_of(msg.payload))
             return
         try:
-            command = parse_command(msg.payload, self._languages)
+            if self._schema_problem:
+                raise CommandError("unsupported", self._schema_problem, request_id_of(msg.payload))
+            command = parse_command(msg.payload)
         except CommandError as exc:
-            self._reject(exc.code, exc.message, msg.payload, exc.request_id)
+            self._reject(device_id, exc.code, exc.message, msg.payload, exc.request_id)
             return
         if command["command"] == "health":
             self.commands_accepted += 1
             self.request_health()
             return
         if self._on_command is None:
-            self._reject("unsupported", "this agent does not take commands", msg.payload, command.get("id"))
+            self._reject(device_id, "unsupported", "this agent does not take commands", msg.payload, command.get("id"))
             return
         try:
-            self._commands.put_nowait(command)
+            self._commands.put_nowait((device_id, command))
         except queue.Full:
-            self._reject("busy", "too many commands waiting; try again", msg.payload, command.get("id"))
+            self._reject(device_id, "busy", "too many commands waiting; try again", msg.payload, command.get("id"))
             return
         self.commands_accepted += 1
 
     def _command_loop(self):
         while True:
-            command = self._commands.get()
-            if command is None:
+            item = self._commands.get()
+            if item is None:
                 return
-            log.info("MQTT: command %s", command, extra={"EVENT": "command", "COMMAND": command["command"]})
+            device_id, command = item
+            name = command["command"]
+            log.info("MQTT: command %s for device %s", command, device_id,
+                     extra={"EVENT": "command", "COMMAND": name, "DEVICE_ID": device_id})
             try:
-                self._on_command(command)
+                self._on_command(device_id, command)
+            except CommandError as exc:
+                self._reject_log(logging.WARNING, "MQTT: command %s for device %s refused (%s): %s", name, device_id,
+                                 exc.code, exc.message)
+                self.error(exc.code, exc.message, source="command", device_id=device_id,
+                           request=_excerpt(command), request_id=command.get("id"))
             except Exception as exc:
-                log.exception("MQTT: command %s failed", command["command"])
-                self.error("command_failed", f"{command['command']}: {type(exc).__name__}: {exc}", source="command",
-                           request=dumps(command).decode("utf-8"), request_id=command.get("id"))
+                log.exception("MQTT: command %s for device %s failed", name, device_id)
+                self.error("command_failed", f"{name}: {type(exc).__name__}: {exc}", source="command",
+                           device_id=device_id, request=_excerpt(command), request_id=command.get("id"))
 
     def _publish_discovery(self):
         ha = self.settings.home_assistant

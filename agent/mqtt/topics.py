@@ -104,3 +104,17 @@ class Topics:
     @property
     def cmd(self) -> str:
         return f"{self.base}/cmd"
+
+
+def command_filter(prefix: str) -> str:
+    """The subscription for every device's commands: the `+` level is the device id."""
+    return f"{prefix}/+/cmd"
+
+
+def command_device(prefix: str, topic: str) -> str | None:
+    """The device level of `<prefix>/<device>/cmd`, as received (not checked), or None for another topic."""
+    head, tail = f"{prefix}/", "/cmd"
+    if not (topic.startswith(head) and topic.endswith(tail)) or len(topic) < len(head) + len(tail):
+        return None
+    device = topic[len(head):-len(tail)]
+    return None if "/" in device else device
