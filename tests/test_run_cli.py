@@ -182,7 +182,7 @@ def test_pipeline_keeps_no_state_per_finished_utterance(model):
                                 Emitter("dev", "00000000", [Collect]), PipelineSettings())
         assert pipeline.run(threading.Event())
     assert sum(e.event.type == "final" for e in events) == 4
-    assert pipeline._silence_at == {}
+    assert pipeline.listener._silence_at == {} and not pipeline.listener.pending_finals()
 
 
 def test_each_log_record_is_written_once(model, tmp_path):
@@ -314,11 +314,11 @@ def test_a_final_that_cannot_be_decoded_is_reported_not_lost(model, tmp_path):
         def __getattr__(self, name):
             return getattr(recognizer, name)
 
-        def recognize(self, audio, options=None, cancel=None):
+        def recognize_batch(self, audios, options=None, offsets=None, cancel=None):
             self.calls += 1
-            if len(audio) < 16000 * 1.2:  # the first, shorter utterance
+            if len(audios[0]) < 16000 * 1.2:  # the first, shorter utterance
                 raise RuntimeError("the runtime failed")
-            return recognizer.recognize(audio, options, cancel=cancel)
+            return recognizer.recognize_batch(audios, options, offsets, cancel=cancel)
 
     wav = write_wav(tmp_path / "two.wav", np.concatenate([silence(0.3), burst(0.6), silence(1.0), burst(1.5, seed=1),
                                                           silence(1.0)]))
@@ -433,9 +433,9 @@ def test_a_pause_between_words_gets_no_speculative_decode_on_a_shared_model(mode
                             Emitter("dev", "00000000", [Collect]), PipelineSettings(speculative_after_ms=160),
                             scheduler=decoder)
     requested = []
-    real = pipeline.scheduler.request_speculative
-    pipeline.scheduler.request_speculative = lambda utterance, *rest: (requested.append(utterance),
-                                                                       real(utterance, *rest))[1]
+    lane = pipeline.listener.lane
+    real = lane.request_speculative
+    lane.request_speculative = lambda utterance, *rest: (requested.append(utterance), real(utterance, *rest))[1]
     try:
         assert pipeline.run(threading.Event())
     finally:
