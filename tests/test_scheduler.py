@@ -589,3 +589,27 @@ def test_the_oldest_queued_final_tells_how_long_the_model_is_behind(parts):
     decoder.release(2)
     out.wait_for(2)
     assert scheduler._s.oldest_final_age() is None
+
+
+def test_a_final_waiting_on_a_speculative_decode_that_fails_gets_a_decode_of_its_own():
+    gate, calls = threading.Event(), []
+
+    def decode(a, cancel=None):
+        calls.append(len(a))
+        if len(calls) == 1:
+            assert gate.wait(TIMEOUT)
+            raise RuntimeError("the runtime failed")
+        return f"text of {len(a)}"
+
+    out = Collector()
+    scheduler = Scheduler(decode, out)
+    scheduler.start()
+    speculative = scheduler.request_speculative(1, audio(300), 300)
+    while not calls:
+        time.sleep(0.001)
+    final = scheduler.request_final(1, audio(300), 300)  # waits on the running speculative decode
+    gate.set()
+    with pytest.raises(RuntimeError):
+        speculative.result(TIMEOUT)
+    assert (final.result(TIMEOUT).result, final.result(0).speculative) == ("text of 300", False)
+    assert calls == [300, 300] and scheduler.stop(TIMEOUT)
