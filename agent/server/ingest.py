@@ -111,6 +111,7 @@ class Ingest:
                 wait = net.settings.pipeline.drain_timeout_s if net.stopping else max(
                     net.settings.pipeline.drain_timeout_s, self.s.idle_timeout_s)
                 drained = await stream.finish(wait + 1)
+            await asyncio.sleep(0)  # the events handed to the loop last (an error just emitted) are queued
             sink.close()
             try:
                 await asyncio.wait_for(sender, 2.0)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import threading
 import time
 from typing import Optional
 
@@ -119,7 +118,6 @@ class SocketSink:
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self._loop = loop
-        self._loop_thread = threading.get_ident()  # made on the loop
         self._queue: collections.deque = collections.deque()
         self._ready = asyncio.Event()
         self.closed = False
@@ -130,10 +128,9 @@ class SocketSink:
         if self.closed:
             return
         text = dumps(body(stamped)).decode("utf-8")
-        if threading.get_ident() == self._loop_thread:
-            self._put(text, stamped.event.type == "partial")  # an error the handler reports itself
-        else:
-            self._loop.call_soon_threadsafe(self._put, text, stamped.event.type == "partial")
+        # Always through the loop's queue, even from the loop itself: events come from the loop (VAD events,
+        # errors) and from the decode thread (results), and one queue keeps them in seq order.
+        self._loop.call_soon_threadsafe(self._put, text, stamped.event.type == "partial")
 
     def _put(self, text: str, partial: bool) -> None:  # on the loop
         if self.closed:
