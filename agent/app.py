@@ -126,6 +126,7 @@ class Agent:
             from agent.mqtt.publisher import MqttPublisher
 
             self.publisher = MqttPublisher(self.settings.mqtt, health=self._health, on_command=self._command,
+                                           device_emitter=self._device_emitter, serves=self._serves,
                                            emitter=self.emitter)
             self.emitter.sinks.append(self.publisher)
 
@@ -247,6 +248,16 @@ class Agent:
             if self.network.wyoming is not None:
                 health["wyoming"] = self.network.wyoming.stats()
         return health
+
+    def _device_emitter(self, device_id: str):
+        """A network device's Emitter (its seq goes on), for the publisher's answers to its commands."""
+        network = self.network
+        return network.registry.emitter_of(device_id) if network is not None else None
+
+    def _serves(self, device_id: str) -> bool:
+        """Commands this agent answers: its own device's, and those of network devices it has served."""
+        network = self.network
+        return device_id == self.emitter.device_id or (network is not None and network.registry.known(device_id))
 
     def _command(self, device_id: str, command: dict):
         """An MQTT command for `device_id`, validated (agent/mqtt/commands.py), on the publisher's command

@@ -568,3 +568,60 @@ def test_device_ids_with_invisible_or_bidi_characters_are_refused(serve):
 
         response = asyncio.run(attempt())
         assert response.status_code == 400 and b"U+" in response.body
+
+
+@needs_mosquitto
+def test_mqtt_commands_reach_a_network_device_through_its_stream(tmp_path, model, broker):
+    """mute and unmute on <prefix>/dev-1/cmd apply to that device's stream; once it has left, a command for it
+    is answered not_connected on its error topic."""
+    import paho.mqtt.publish as publish
+
+    server = Serve(tmp_path, model, broker=broker)
+    sub = Subscriber(broker, "stt-agent/dev-1/#")
+
+    def command(payload):
+        publish.single("stt-agent/dev-1/cmd", json.dumps(payload), qos=1, hostname=broker.host, port=broker.port)
+
+    async def scenario():
+        async with connect(server.url(), additional_headers=server.headers()) as ws:
+            events = []
+
+            async def read():
+                async for message in ws:
+                    events.append(json.loads(message))
+
+            async def say(seed):
+                for chunk in frames(s16(turn(seed))):
+                    await ws.send(chunk)
+                    await asyncio.sleep(0.05)
+
+            async def until_finals(n):
+                deadline = time.monotonic() + 20
+                while len(finals(events)) < n and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+
+            reader = asyncio.create_task(read())
+            await say(1)
+            await until_finals(1)
+            command({"command": "mute"})
+            await asyncio.sleep(1.0)
+            await say(2)  # muted: never decoded
+            command({"command": "unmute"})
+            await asyncio.sleep(1.0)
+            await say(3)
+            await until_finals(2)
+            await ws.send(json.dumps({"type": "stop"}))
+            await reader
+            return events
+
+    try:
+        events = asyncio.run(scenario())
+        command({"command": "mute", "id": "after"})
+        (answer,) = sub.wait_topic("stt-agent/dev-1/error", timeout=10)
+    finally:
+        server.stop()
+        sub.close()
+    assert len(finals(events)) == 2 and len([e for e in events if e["type"] == "speech_start"]) == 2
+    answer = json.loads(answer.payload)
+    assert (answer["code"], answer["request_id"]) == ("not_connected", "after")
+    assert answer["seq"] > max(e["seq"] for e in events)  # numbered among the device's own events

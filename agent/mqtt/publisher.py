@@ -89,11 +89,16 @@ class MqttPublisher:
     device_emitter: `device_emitter(device_id)` -> the Emitter of that device (its seq goes on), or
       None; called on the network and command threads. Without one (or for None) this device's
       answers go through `emitter`, another device's through an Emitter of the publisher's own.
+    serves: `serves(device_id)` -> whether commands for that device are this agent's to answer (its own
+      device, and the network devices it has served). Several agents share the default prefix: a command
+      for a device this agent never served is another agent's, and is left to it unanswered (counted).
+      None: every device's.
     """
 
     def __init__(self, settings, *, health: Callable[[], dict] | None = None,
                  on_command: Callable[[str, dict], None] | None = None, version: str = __version__,
-                 emitter: Emitter | None = None, device_emitter: Callable[[str], Emitter | None] | None = None):
+                 emitter: Emitter | None = None, device_emitter: Callable[[str], Emitter | None] | None = None,
+                 serves: Callable[[str], bool] | None = None):
         self.settings = settings
         self.device_id = device_id_of(settings)
         self.client_id = client_id_of(settings, self.device_id)
@@ -105,6 +110,7 @@ class MqttPublisher:
         self._health_provider = health
         self._on_command = on_command
         self._device_emitter = device_emitter
+        self._serves = serves
         self._fallback_emitters: OrderedDict = OrderedDict()  # device id -> Emitter, oldest use first
         self._emitters_lock = threading.Lock()
         self._schema_problem = schema_problem()
@@ -133,6 +139,7 @@ class MqttPublisher:
         self.commands_accepted = 0
         self.commands_rejected = 0
         self.commands_over_limit = 0
+        self.commands_for_others = 0  # for devices this agent never served: another agent's
         self.network_errors = 0
         self._command_tokens = float(settings.commands_per_s)
         self._command_refill = time.monotonic()
@@ -415,7 +422,7 @@ class MqttPublisher:
                 "connect_failures": self.connect_failures, "last_error": self.last_error,
                 "publish_latency_ms": self.publish_latency_ms.summary(),
                 "commands": {"accepted": self.commands_accepted, "rejected": self.commands_rejected,
-                             "over_limit": self.commands_over_limit}}
+                             "over_limit": self.commands_over_limit, "for_others": self.commands_for_others}}
 
     # ------------------------------------------------------------------ paho callbacks (network thread)
     def _guard(self, callback):
@@ -546,6 +553,9 @@ class MqttPublisher:
 
     def _on_command_message(self, device_id: str, msg):
         if not msg.payload:  # how a retained message is cleared: nothing was asked
+            return
+        if self._serves is not None and device_id != self.device_id and not self._serves(device_id):
+            self.commands_for_others += 1  # before the rate limit: another agent's traffic costs ours nothing
             return
         if not self._command_allowed():
             return

@@ -88,14 +88,17 @@ class MqttSettings:
             "subscribers that are offline. 0 = never expire.", min=0, max=86400)
     health_interval_s: float = setting(30.0, "Seconds between retained health messages.", min=1.0, max=3600.0)
     outbox_max: int = setting(
-        1000, "Events kept while the broker is away; past this the oldest are dropped (and counted).",
+        1000, "Events kept while the broker is away, per lane: finals (with their emotion and language) have "
+              "a lane of their own that only newer finals evict; the other events (partials first) another. "
+              "Past this the oldest are dropped, counted by type in health.",
         min=1, max=1000000)
     reconnect_min_s: float = setting(1.0, "First reconnect delay; it doubles per failed attempt.",
                                      min=0.1, max=300.0)
     reconnect_max_s: float = setting(60.0, "Longest reconnect delay.", min=0.1, max=3600.0)
     commands_per_s: int = setting(
-        10, "Commands read per second from <prefix>/<device>/cmd; more are ignored, counted in health "
-            "(mqtt.commands.over_limit) and summarised in the log every 10 s, so a flood costs no final.",
+        10, "Commands read per second from <prefix>/+/cmd, for every device this agent serves together; more "
+            "are ignored, counted in health (mqtt.commands.over_limit) and summarised in the log every 10 s, so "
+            "a flood costs no final.",
         min=1, max=1000)
     drain_timeout_s: float = setting(5.0, "On stop: how long to wait for queued events to be delivered "
                                           "before publishing offline and disconnecting.", min=0.0, max=120.0)

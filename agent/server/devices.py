@@ -147,6 +147,11 @@ class DeviceRegistry:
         return {d: dev.owner for d, dev in list(self._devices.items()) if dev.owner is not None}
 
     # ------------------------------------------------------------------ numbering, from any thread
+    def known(self, device_id: str) -> bool:
+        """Whether the device has connected to this agent (since it started)."""
+        with self._lock:
+            return device_id in self._devices
+
     def emitter_of(self, device_id: str) -> Emitter:
         """The device's emitter (seq continues), made if the device was never seen (answers to commands)."""
         with self._lock:
