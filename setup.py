@@ -14,6 +14,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["agent", "agent.*"]),
+    # The event and command JSON Schemas (docs/schemas links here): commands are validated against them.
+    package_data={"agent": ["schemas/*.json"]},
     # onnxruntime is deliberately absent: onnxruntime and onnxruntime-gpu install the same
     # module and must never be installed together, so the user picks one through an extra.
     install_requires=[

@@ -294,3 +294,16 @@ def test_retained_health_topic(fake_systemd, broker, message, status, healthy, s
     proc = fake_systemd("--mqtt-topic", "stt-agent/box1/health", "--mqtt-port", str(broker))
     assert proc.returncode == (0 if healthy else 1), proc.stdout
     assert says in proc.stdout
+
+
+def test_the_built_package_carries_the_schemas_commands_are_checked_against(tmp_path):
+    """A non-editable install (install.sh, the container) has no docs/: the schemas ship in the package."""
+    import zipfile
+
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(tmp_path), str(root)], check=True, capture_output=True, timeout=300)
+    (wheel,) = tmp_path.glob("stt_agent-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for schema in ("command", "final", "error", "health"):
+        assert f"agent/schemas/{schema}.json" in names

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import jsonschema
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "docs" / "schemas" / "command.json"
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "command.json"  # docs/schemas links there
 MAX_PAYLOAD = 4096
 _TYPE_WORDS = {"string": "a string", "integer": "an integer", "number": "a number", "array": "an array",
                "object": "an object", "boolean": "true or false", "null": "null"}
