@@ -15,9 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import soxr
 
+from agent.audio.format import RATE
 from agent.audio.ring_buffer import RingBuffer
-
-RATE = 16000  # what the VAD and the recognizer take
 
 
 @dataclass

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from agent.audio.format import RATE as SAMPLE_RATE
+
 FULL_SCALE = 32768.0
 # Digital silence has no finite level; this stands in for it so floors and comparisons stay finite.
 SILENCE_DBFS = -150.0

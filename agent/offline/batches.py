@@ -14,10 +14,10 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, List, Optional, Sequence
 
+from agent.audio.format import RATE
+
 if TYPE_CHECKING:  # the scheduler imports this module: it needs no segment reader
     from agent.offline.segments import Segment
-
-RATE = 16000
 
 
 @dataclass(frozen=True)

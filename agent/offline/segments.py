@@ -14,10 +14,10 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
+from agent.audio.format import RATE
 from agent.audio_file import WavFile
 from agent.listening import Segmenter, SpeechEnd, SpeechStart
 
-RATE = 16000
 _DONE = object()
 
 

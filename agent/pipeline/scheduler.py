@@ -29,13 +29,13 @@ from typing import Callable, Deque, Dict, Iterable, List, Optional
 
 import numpy as np
 
+from agent.audio.format import RATE
 from agent.offline.batches import next_batch
 from agent.recognizer.cancel import CancelToken, DecodeCancelled
 
 log = logging.getLogger(__name__)
 
 PARTIAL, FINAL, SPECULATIVE = "partial", "final", "speculative"
-RATE = 16000
 # Model time kept for the load estimate (admission control, health): the last minute.
 LOAD_WINDOW_S = 60.0
 # A live batch pads its audio by a quarter at most: padding costs as much model time as audio, and

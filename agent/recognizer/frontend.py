@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from agent.audio.format import RATE as SAMPLE_RATE
+
 MIN_SAMPLES = 400  # one 25 ms frame; shorter audio is zero-padded so the model sees one frame
 
 
