@@ -73,7 +73,8 @@ class Ingest:
                                   f"the recognizer is at capacity ({load:.0%} of the last minute on finals); "
                                   "one more stream would slow every stream down",
                                   headers={"Retry-After": RETRY_AFTER_S})
-            ws = web.WebSocketResponse(max_msg_size=self.s.max_frame_bytes)
+            # timeout: how long a close waits for the client's close frame (aiohttp's default: 10 s)
+            ws = web.WebSocketResponse(max_msg_size=self.s.max_frame_bytes, timeout=3.0)
             await ws.prepare(request)
             await self._serve(ws, device_id, peer)
             return ws
@@ -84,6 +85,8 @@ class Ingest:
     async def _serve(self, ws: web.WebSocketResponse, device_id: str, peer: str) -> None:
         net = self.net
         claim = await net.registry.claim(device_id)
+        if net.stopping:
+            claim.end(1001, "the server is stopping")  # it waited for the device's old connection meanwhile
         loop = asyncio.get_running_loop()
         sink = SocketSink(loop)
         sender = loop.create_task(sink.send_all(ws))

@@ -103,10 +103,8 @@ class NetworkLoop:
         future.result(5)
 
     async def _command(self, device_id: str, command: dict) -> None:
-        claim = self.registry.owner(device_id)
-        stream = getattr(claim, "stream", None)
-        if stream is None:
-            stream = self.wyoming.stream_of(device_id) if self.wyoming is not None else None
+        claim = self.registry.owner(device_id)  # WebSocket and Wyoming streams alike
+        stream = claim.stream if claim is not None else None
         if stream is None:
             raise NotConnected(device_id)
         if not stream.command(command):
@@ -152,7 +150,9 @@ class NetworkLoop:
         app.router.add_get("/ws/stt/{device_id}", self.ingest.handle)
         # A kept-alive HTTP connection between requests: 15 s, not aiohttp's 75 (the pending bound
         # covers only the wait for a first request).
-        self._runner = web.AppRunner(app, handle_signals=False, access_log=None, keepalive_timeout=15.0)
+        # shutdown_timeout: what is left once every connection was finished (aiohttp's default waits 60 s).
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None, keepalive_timeout=15.0,
+                                     shutdown_timeout=2.0)
         await self._runner.setup()
         self._http_gate = Gate("HTTP", self._runner.server, max_pending=self.s.max_pending,
                                timeout_s=self.s.handshake_timeout_s)

@@ -84,11 +84,10 @@ class NetworkStream:
 
     # ------------------------------------------------------------------ the stream's sink: health numbers
     def publish(self, stamped: Stamped) -> None:
-        if stamped.event.type == "final" and stamped.event.endpoint_delay_ms is not None:
+        if stamped.event.type == "final":
             self.finals += 1
-            self.latency_ms.add(stamped.event.endpoint_delay_ms)
-        elif stamped.event.type == "final":
-            self.finals += 1
+            if stamped.event.endpoint_delay_ms is not None:
+                self.latency_ms.add(stamped.event.endpoint_delay_ms)
 
     def close(self) -> None:
         pass

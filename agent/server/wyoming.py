@@ -217,12 +217,6 @@ class WyomingServer:
         self.connections[task] = connection
         task.add_done_callback(lambda t: self.connections.pop(t, None))
 
-    def stream_of(self, device_id: str) -> Optional[NetworkStream]:
-        for connection in list(self.connections.values()):
-            if connection.claim is not None and connection.claim.device_id == device_id:
-                return connection.stream
-        return None
-
     def language_fallback(self, requested: str) -> None:
         """A language the model does not have: detected instead, said once per language."""
         if requested not in self._unsupported_languages:
@@ -401,6 +395,7 @@ class WyomingConnection:
         self.admission = net.registry.admit()
         if self.admission is None:
             self.server.refused += 1
+            self._answered, self._ignoring = True, True  # its chunks are dropped quietly: one error is the answer
             raise Malformed("busy", f"the server takes {net.s.max_streams} streams at once; try again later")
         self._command += 1
         self.claim = await net.registry.claim_free(self.server.device_base(self.peer))
