@@ -40,7 +40,8 @@ setup(
         "export": ["torch>=2.1", "onnx>=1.15", "onnxruntime>=1.17"],
         # kubernetes-validate ships the Kubernetes API schemas (1.25 to 1.37 in 1.37.0; tests use 1.30), so
         # the manifest tests need no network.
-        "test": ["pytest>=7", "hypothesis>=6", "onnx>=1.15", "websockets>=13", "kubernetes-validate>=1.30"],
+        "test": ["pytest>=7", "hypothesis>=6", "onnx>=1.15", "websockets>=13", "kubernetes-validate>=1.30",
+                 "openai>=2"],  # the official client, against our realtime transcription endpoint
         # Structured journald fields; builds from source (apt: libsystemd-dev pkg-config gcc python3-dev).
         "journald": ["systemd-python>=235"],
         "bench": ["sherpa-onnx>=1.10", "onnx>=1.15"],

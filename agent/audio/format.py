@@ -62,3 +62,25 @@ class Resampler:
         if self._stream is None:
             return np.zeros(0, np.float32)
         return self._stream.resample_chunk(np.zeros(0, np.float32), last=True)
+
+
+def _g711_tables():
+    """ITU-T G.711 expansion of every 8-bit code, on the int16 scale (what telephony and OpenAI's realtime
+    g711_ulaw / g711_alaw audio carry, at 8 kHz)."""
+    codes = np.arange(256, dtype=np.int32)
+    u = ~codes & 0xFF
+    mu = (((u & 0x0F) << 3) + 0x84) << ((u >> 4) & 0x07)
+    mulaw = np.where(u & 0x80, 0x84 - mu, mu - 0x84)
+    a = codes ^ 0x55
+    exponent, mantissa = (a >> 4) & 0x07, a & 0x0F
+    magnitude = np.where(exponent == 0, (mantissa << 4) + 8, ((mantissa << 4) + 0x108) << np.maximum(exponent - 1, 0))
+    alaw = np.where(a & 0x80, magnitude, -magnitude)
+    return mulaw.astype(np.float32), alaw.astype(np.float32)
+
+
+ULAW, ALAW = _g711_tables()
+
+
+def g711_to_float(buf: bytes, table: np.ndarray) -> np.ndarray:
+    """G.711 bytes (ULAW or ALAW) -> float32 samples on the int16 scale, at the stream's rate (8 kHz)."""
+    return table[np.frombuffer(buf, np.uint8)]

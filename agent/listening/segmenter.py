@@ -68,6 +68,11 @@ class Segmenter:
     def next_utterance_id(self) -> int:
         return self._next_id
 
+    def reserve_utterance_id(self) -> int:
+        """An id for an utterance cut outside the segmenter (a client's own turn): numbering stays one sequence."""
+        self._next_id += 1
+        return self._next_id - 1
+
     # ---- input ----
 
     def feed(self, block: np.ndarray, start_sample: int | None = None) -> list[Event]:

@@ -98,7 +98,8 @@ class Listener:
         self._handle(self.segmenter.flush())
 
     def apply(self, command: dict) -> None:
-        """A validated command (docs/schemas/command.json): mute, unmute, set_language, clear_language."""
+        """A validated command (docs/schemas/command.json): mute, unmute, set_language (with its resolved
+        "options"), clear_language; and from a protocol: end_utterance, clear."""
         name = command["command"]
         if name in ("mute", "unmute"):
             self.muted = name == "mute"
@@ -106,6 +107,26 @@ class Listener:
             self.options = None
         elif name == "set_language":
             self.options = command["options"]
+        elif name == "end_utterance":  # a client's own end of turn (OpenAI realtime's commit)
+            self._handle(self.segmenter.flush())
+        elif name == "clear":  # the client takes back what it sent: the open utterance goes, undecoded
+            utterance = self.segmenter.utterance_id
+            self.segmenter.reset(self._position)  # resumes where the next sample will be
+            if utterance is not None:
+                self.lane.end(utterance)
+                self._silence_at.pop(utterance, None)
+
+    def take_turn(self, audio: np.ndarray, start: int) -> int:
+        """A turn the client ended itself, without our VAD (OpenAI realtime with turn_detection null): its
+        final is asked for as one utterance; returns its utterance id."""
+        utterance = self.segmenter.reserve_utterance_id()
+        end = start + len(audio)
+        self._clock.arrived(end)
+        self.lane.end(utterance)
+        future = self.lane.request_final(utterance, audio, end, start)
+        self._finals = {f for f in self._finals if not f.done()}
+        self._finals.add(future)
+        return utterance
 
     def close(self) -> None:
         """Nothing more will be asked; finals already asked for are still decoded and delivered."""

@@ -56,7 +56,7 @@ class NetworkLoop:
         self.refused: dict = {}
         self.latency_ms = LatencyWindow(500)
         self.accept_failures = 0
-        self.ingest = self.wyoming = None
+        self.ingest = self.wyoming = self.realtime = None
         self._http_gate = self._runner = self._http_server = None
         self._refusal_log = RateLimitedLog(log, 10.0)
         self._accept_log = RateLimitedLog(log, 10.0)
@@ -148,6 +148,10 @@ class NetworkLoop:
         self.ingest = Ingest(self)
         app = web.Application(middlewares=[self._started_middleware()])
         app.router.add_get("/ws/stt/{device_id}", self.ingest.handle)
+        from agent.server.realtime import PATH, Realtime
+
+        self.realtime = Realtime(self, self.ingest.tokens)
+        app.router.add_get(PATH, self.realtime.handle)  # OpenAI's realtime transcription, same tokens
         # A kept-alive HTTP connection between requests: 15 s, not aiohttp's 75 (the pending bound
         # covers only the wait for a first request).
         # shutdown_timeout: what is left once every connection was finished (aiohttp's default waits 60 s).
