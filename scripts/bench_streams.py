@@ -146,11 +146,11 @@ class Server:
         return err.decode("utf-8", "replace")
 
 
-async def device(port: int, name: str, audio: bytes, turns: list, delay: float, out: dict):
+async def device(port: int, name: str, audio: bytes, turns: list, delay: float, out: dict, protocol: str = "ws"):
     await asyncio.sleep(delay)
     events, started = [], {"t0": time.monotonic()}
     try:
-        await _stream(port, name, audio, events, started)
+        await (_stream if protocol == "ws" else _stream_realtime)(port, name, audio, events, started)
     except Exception as exc:  # noqa: BLE001 - a refused or dropped connection is a result: reported
         FAILED.append(f"{name}: {type(exc).__name__}: {exc}"[:200])
     out[name] = (started["t0"], turns, events)
@@ -177,6 +177,49 @@ async def _stream(port: int, name: str, audio: bytes, events: list, started: dic
             LATE.append(time.monotonic() - at)  # this client's own lag: sending late, or the server not reading
             BLOCKED.append(time.monotonic() - before)
         await ws.send(json.dumps({"type": "stop"}))
+        await reader
+
+
+async def _stream_realtime(port: int, name: str, audio: bytes, events: list, started: dict):
+    """The same device through OpenAI's realtime transcription API, as its clients send audio: base64 PCM16
+    at 24 kHz in 100 ms appends; its completed transcripts are counted as finals."""
+    import base64
+
+    import soxr
+    from websockets.asyncio.client import connect
+
+    pcm = np.frombuffer(audio, "<i2").astype(np.float32)
+    audio24 = np.clip(soxr.resample(pcm, SR, 24000), -32768, 32767).astype("<i2").tobytes()
+    frame24 = 2 * 2400
+    url = f"ws://127.0.0.1:{port}/v1/realtime?intent=transcription&device_id={name}"
+    async with connect(url, max_size=None) as ws:
+        await ws.recv()  # session.created
+        t0 = started["t0"] = time.monotonic()
+
+        async def receive():
+            async for message in ws:
+                event = json.loads(message)
+                if event["type"] == "conversation.item.input_audio_transcription.completed":
+                    events.append((time.monotonic(), {"type": "final", "audio_start": event["audio_start"],
+                                                      "audio_end": event["audio_end"], "timing": event["timing"]}))
+                elif event["type"] == "input_audio_buffer.speech_stopped":
+                    events.append((time.monotonic(), {"type": "speech_end"}))
+                elif event["type"] == "conversation.item.input_audio_transcription.delta":
+                    events.append((time.monotonic(), {"type": "partial"}))
+
+        reader = asyncio.create_task(receive())
+        for i in range(0, len(audio24), frame24):
+            at = t0 + (i // 2 + 2400) / 24000
+            wait = at - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            before = time.monotonic()
+            await ws.send(json.dumps({"type": "input_audio_buffer.append",
+                                      "audio": base64.b64encode(audio24[i:i + frame24]).decode()}))
+            LATE.append(time.monotonic() - at)
+            BLOCKED.append(time.monotonic() - before)
+        await asyncio.sleep(2.0)  # the last turn's endpoint and final
+        await ws.close()
         await reader
 
 
@@ -222,7 +265,8 @@ async def run_n(args, n: int, batch_size: int, conversations: list, work: Path) 
     server = Server(args, batch_size, work)
     results: dict = {}
     stagger = min(args.stagger_s, 0.5 * n)
-    tasks = [asyncio.create_task(device(server.port, f"dev{i:02d}", *conversations[i], i * stagger / n, results))
+    tasks = [asyncio.create_task(device(server.port, f"dev{i:02d}", *conversations[i], i * stagger / n, results,
+                                        args.protocol))
              for i in range(n)]
     started = time.monotonic()
     try:
@@ -399,6 +443,8 @@ def main():
     ap.add_argument("--peer-python", type=Path, default=Path(sys.executable))
     ap.add_argument("--peer-streams", help="stream counts for the peer (default: --streams)")
     ap.add_argument("--silero-vad", type=Path, help="silero_vad.onnx for the peer's devices")
+    ap.add_argument("--protocol", choices=("ws", "realtime"), default="ws",
+                    help="how devices stream: /ws/stt, or OpenAI's realtime transcription API at 24 kHz")
     ap.add_argument("--repo", type=Path, help="the checkout whose `serve` is measured (default: this one)")
     ap.add_argument("--idle", type=int, help="only measure this many connected devices that send nothing")
     ap.add_argument("--idle-seconds", type=float, default=30.0)
@@ -419,7 +465,7 @@ def main():
     most = max(counts + [int(x) for x in (args.peer_streams or "0").split(",")])
     conversations = [conversation(pool, args.seconds, seed=100 + i, workload=args.workload) for i in range(most)]
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d %H:%M"),
-              "repo": str(args.repo or REPO),
+              "repo": str(args.repo or REPO), "protocol": args.protocol,
               "model": str(args.model), "threads": args.threads, "seconds_per_device": args.seconds,
               "workload": args.workload, "speech_share": round(float(np.mean(
                   [sum(e - b for b, e in c[1]) / (len(c[0]) / 2) for c in conversations])), 2), "runs": []}
