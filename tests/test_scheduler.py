@@ -613,3 +613,40 @@ def test_a_final_waiting_on_a_speculative_decode_that_fails_gets_a_decode_of_its
         speculative.result(TIMEOUT)
     assert (final.result(TIMEOUT).result, final.result(0).speculative) == ("text of 300", False)
     assert calls == [300, 300] and scheduler.stop(TIMEOUT)
+
+
+# ---------------------------------------------------------------------------------- uploads
+def test_an_upload_yields_to_a_live_final_and_is_decoded_after_it(parts):
+    """An uploaded file's utterance runs when nothing live waits; a live final stops it and goes first; the
+    upload is queued again and completes."""
+    scheduler, decoder, out = parts
+    shared = scheduler._s
+    upload = shared.upload(audio(800), start_sample=16000)
+    decoder.wait_started()  # the upload decodes: nothing live waits
+    scheduler.request_final(1, audio(300), 300)  # stops it
+    decoder.wait_started()
+    decoder.release(2)
+    (done,) = out.wait_for(1)
+    assert done.result == "text of 300"
+    assert upload.result(TIMEOUT) == "text of 800"
+    assert decoder.started == [800, 300, 800]  # stopped, the final, the upload again
+    assert shared.cancelled["upload"] == 1
+
+
+def test_uploads_go_before_partials_and_fail_at_stop_when_never_taken(parts):
+    scheduler, decoder, out = parts
+    shared = scheduler._s
+    first = shared.upload(audio(100))
+    decoder.wait_started()
+    scheduler.request_partial(1, audio(50), 50)
+    second = shared.upload(audio(200))
+    decoder.release()
+    decoder.wait_started()
+    assert decoder.started == [100, 200]  # the waiting upload before the waiting partial
+    assert first.result(TIMEOUT) == "text of 100"
+    third = shared.upload(audio(300))
+    shared.stop(0.1)
+    decoder.release(5)
+    assert second.result(TIMEOUT) == "text of 200"
+    with pytest.raises(RuntimeError, match="stopped"):
+        third.result(TIMEOUT)

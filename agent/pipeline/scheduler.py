@@ -13,7 +13,10 @@ stream (a `Lane` each):
 - a speculative final starts once a silence has lasted a moment (the pipeline asks); if the silence
   lasts to the endpoint its result is the final, published at once, so the final costs endpoint
   silence instead of endpoint silence + a full decode. If speech resumes, it is dropped. None is
-  taken while finals wait: the model is behind, and speculation is the work it can skip.
+  taken while finals wait: the model is behind, and speculation is the work it can skip;
+- uploads (whole files sent over HTTP, cut into utterances) run when no final or speculative decode
+  waits, batched among themselves, before partials; a final or speculative request stops an upload
+  batch in progress, which is queued again: an upload never delays a live stream's final.
 """
 
 from __future__ import annotations
@@ -35,7 +38,9 @@ from agent.recognizer.cancel import CancelToken, DecodeCancelled
 
 log = logging.getLogger(__name__)
 
-PARTIAL, FINAL, SPECULATIVE = "partial", "final", "speculative"
+PARTIAL, FINAL, SPECULATIVE, UPLOAD = "partial", "final", "speculative", "upload"
+# Runs a live final stops at once (ONNX Runtime stops within milliseconds): they would only delay it.
+_YIELDING = (PARTIAL, UPLOAD)
 # Model time kept for the load estimate (admission control, health): the last minute.
 LOAD_WINDOW_S = 60.0
 # A live batch pads its audio by a quarter at most: padding costs as much model time as audio, and
@@ -125,6 +130,8 @@ class DecodeScheduler:
         self.duty_budget = duty_budget
         self._cond = threading.Condition()
         self._finals: List[Job] = []  # every lane's, oldest end of speech first
+        self._uploads: List[Job] = []  # uploaded files' utterances, oldest first
+        self._upload_lane = _Uploads(self)
         self._lanes: List[Lane] = []
         self._running: Optional[_Run] = None
         self._stopping = False
@@ -145,6 +152,21 @@ class DecodeScheduler:
             self._lanes.append(lane)
         return lane
 
+    def upload(self, audio: np.ndarray, options=None, start_sample: int = 0) -> concurrent.futures.Future:
+        """An uploaded file's utterance: decoded when no live final or speculative decode waits; the
+        future completes with its Recognition (token times in the file's seconds), or an exception."""
+        job = Job(UPLOAD, self._upload_lane, 0, audio, start_sample + len(audio), start_sample, options)
+        with self._cond:
+            if self._stopping:
+                raise RuntimeError("the decoder is stopping")
+            self._uploads.append(job)
+            self._cond.notify_all()
+        return job.future
+
+    def queued_uploads(self) -> int:
+        with self._cond:
+            return len(self._uploads)
+
     def start(self):
         if not self._started:
             self._started = True
@@ -158,8 +180,10 @@ class DecodeScheduler:
             self._stopping = True
             dropped = [lane._take_partial() for lane in self._lanes]
             finals = [future for lane in self._lanes for future in lane._open_finals()]
+            uploads, self._uploads = self._uploads, []
             self._cond.notify_all()
         _settle(dropped)
+        _settle(uploads, exc=RuntimeError("the decoder stopped before this upload's turn"))
         if not self._started:
             return not finals
         _, left = concurrent.futures.wait(finals, timeout)
@@ -187,16 +211,19 @@ class DecodeScheduler:
         with self._cond:
             while self._busy and self._busy[0][0] < now - LOAD_WINDOW_S:
                 self._busy.popleft()
-            finals = sum(s for _, s, kind in self._busy if kind != PARTIAL)
+            finals = sum(s for _, s, kind in self._busy if kind in (FINAL, SPECULATIVE))
             partials = sum(s for _, s, kind in self._busy if kind == PARTIAL)
+            uploads = sum(s for _, s, kind in self._busy if kind == UPLOAD)
         span = min(LOAD_WINDOW_S, max(1e-3, now - (self._busy[0][0] if self._busy else now)))
         span = max(span, 5.0)  # a first decode is no load estimate
-        return {"finals": min(1.0, finals / span), "partials": min(1.0, partials / span)}
+        return {"finals": min(1.0, finals / span), "partials": min(1.0, partials / span),
+                "uploads": min(1.0, uploads / span)}
 
     # ------------------------------------------------------------------ under the lock, for lanes
     def _cancel_running_partials(self):
-        """A final must never wait behind partials: abort the batch decoding them (ONNX Runtime stops in ms)."""
-        if self._running is not None and self._running.kind == PARTIAL:
+        """A final must never wait behind partials or uploads: abort the batch decoding them (ONNX Runtime
+        stops in ms); an upload's utterances are queued again."""
+        if self._running is not None and self._running.kind in _YIELDING:
             self._running.cancel.cancel()
 
     # ------------------------------------------------------------------ worker (decode thread)
@@ -217,6 +244,10 @@ class DecodeScheduler:
                     self._finals = [j for j in self._finals if id(j) not in chosen]
                 elif speculative:
                     kind, jobs = SPECULATIVE, self._fill(sorted(speculative, key=lambda j: j.submitted))
+                elif self._uploads and not self._stopping:
+                    kind, jobs = UPLOAD, self._fill(self._uploads)
+                    chosen = {id(j) for j in jobs}
+                    self._uploads = [j for j in self._uploads if id(j) not in chosen]
                 elif not self._stopping and any(lane.partial is not None for lane in self._lanes):
                     waiting = sorted((lane.partial for lane in self._lanes if lane.partial is not None),
                                      key=lambda j: j.submitted)
@@ -280,6 +311,29 @@ class DecodeScheduler:
                 except Exception as exc:  # a fault in delivery must not kill the worker either
                     log.exception("handing over the %s of utterance %s failed", job.kind, job.utterance_id)
                     _settle([job], exc=exc)
+
+
+class _Uploads:
+    """The lane of uploaded utterances: each job's future gets its Recognition; a stopped run queues its
+    jobs again, at the front (they are the oldest)."""
+
+    def __init__(self, scheduler: DecodeScheduler):
+        self._s = scheduler
+
+    def _deliver(self, job: Job, done: Done):
+        _settle([job], result=done.result)
+
+    def _failed(self, job: Job, exc: Exception):
+        _settle([job], exc=exc)
+
+    def _cancelled(self, job: Job):
+        with self._s._cond:
+            if self._s._stopping:
+                job.future.set_exception(RuntimeError("the decoder stopped before this upload's turn"))
+                return
+            job.started = False
+            self._s._uploads.insert(0, job)
+            self._s._cond.notify_all()
 
 
 class Lane:
