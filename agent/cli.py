@@ -7,7 +7,6 @@ Exit codes (agent/errors.py): 0 ok, 1 some inputs failed, 2 usage, 66 model unus
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -70,7 +69,7 @@ def _recheck(settings_obj):
 
 def cmd_transcribe(args) -> int:
     from agent.errors import UsageError
-    from agent.offline.transcribe import AudioFileError, Outputs, Transcriber
+    from agent.offline.transcribe import STDIN, AudioFileError, OutputError, Outputs, Transcriber
 
     settings = _load_settings(args)
     rec_settings = settings.recognizer
@@ -83,32 +82,41 @@ def cmd_transcribe(args) -> int:
     fmt = "json" if args.json else (args.format or "text")
     if args.json and args.format not in (None, "json"):
         raise UsageError(f"--json and --format {args.format}: give one of them")
+    if args.files.count(STDIN) > 1:
+        raise UsageError("- (standard input) is given more than once: it can be read only once")
     output_dir = Path(args.output_dir) if args.output_dir else None
+    outputs = Outputs(fmt, args.tokens, args.segments, output_dir)
     if output_dir is not None:
         if fmt == "text":
             raise UsageError("--output-dir needs --format (json, srt, vtt, tsv or txt)")
         if not output_dir.is_dir():
             raise UsageError(f"--output-dir {output_dir}: no such directory")
+        writers = {}
+        for path in args.files:
+            other = writers.setdefault(outputs.target(path), path)
+            if other != path:
+                raise UsageError(f"{other} and {path} would both be written to {outputs.target(path)}")
     rec_settings.warmup = False  # a batch tool: the first file is the warm-up, and waiting would only add time
     loading = _BackgroundLoad(rec_settings)  # ONNX Runtime releases the GIL while it builds the session
-    show_progress = args.progress or (not args.quiet and sys.stderr.isatty())
-    transcriber = Transcriber(loading.result, settings, Outputs(fmt, args.tokens, args.segments, output_dir),
-                              progress=sys.stderr if show_progress else None)
-    failed = 0
+    # The progress line would cut into segment lines that go to stderr, unless asked for.
+    show_progress = args.progress or (not args.quiet and sys.stderr.isatty()
+                                      and outputs.segment_stream is not sys.stderr)
+    transcriber = Transcriber(loading.result, settings, outputs, progress=sys.stderr if show_progress else None)
+    failures = []
     for path in args.files:
         try:
             transcriber.transcribe(path)
-        except AudioFileError as exc:
+        except (AudioFileError, OutputError) as exc:
             loading.result()  # a model that cannot load is the one error worth reporting
-            failed += 1
-            transcriber.progress.done()
-            print(f"error: {exc}", file=sys.stderr)
-            if fmt == "json" and output_dir is None:
-                print(json.dumps({"file": path, "error": str(exc)}, ensure_ascii=False), flush=True)
-    if failed:
-        print(f"error: {failed} of {len(args.files)} files failed", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_OK
+            failures.append(exc)
+            transcriber.failed(path, exc)
+    if not failures:
+        return EXIT_OK
+    if len(args.files) > 1:
+        print(f"error: {len(failures)} of {len(args.files)} files failed", file=sys.stderr)
+    # Every file failed: the first failure's own code (66: missing, unreadable, corrupt or not audio), as
+    # `run` exits on its input. Some failed: 1, the others' results stand.
+    return failures[0].exit_code if len(failures) == len(args.files) else EXIT_FAILED
 
 
 class _BackgroundLoad:
@@ -290,10 +298,14 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    tr = sub.add_parser("transcribe", help="transcribe WAV files of any length, one result per file",
-                        description="A file longer than segmenter.max_utterance_s is cut into utterances by the "
-                                    "VAD and decoded in batches, with memory that does not grow with its length.")
-    tr.add_argument("files", nargs="+", metavar="FILE", help="WAV files (any rate, channels, int or float)")
+    tr = sub.add_parser("transcribe", help="transcribe audio files of any length (WAV, FLAC, Ogg, MP3, ...; - for "
+                                           "stdin), one result per file",
+                        description="Each file is cut into utterances at the VAD's pauses and decoded in batches, "
+                                    "with memory that does not grow with its length. Plain text and JSON of a file "
+                                    "no longer than segmenter.max_utterance_s come from one pass over it.")
+    tr.add_argument("files", nargs="+", metavar="FILE",
+                    help="audio files: WAV (int, float, mu-law, A-law), FLAC, Ogg Vorbis/Opus, MP3, AIFF, ... at any "
+                         "rate and channel count; - reads one from stdin")
     tr.add_argument("--config", help=CONFIG_HELP)
     _add_recognizer_flags(tr)
     tr.add_argument("--json", action="store_true", help="one JSON line per file, with every field and its segments")
@@ -301,13 +313,15 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
                     help="output format (default: a text line per file)")
     tr.add_argument("--output-dir", metavar="DIR", help="write FILE's result to DIR/<name>.<format> instead of stdout")
     tr.add_argument("--segments", action="store_true",
-                    help="also print each segment as a JSON line as soon as it is decoded")
+                    help="each segment as a JSON line as soon as it is decoded: on stdout (instead of the text line "
+                         "per file), or on stderr when stdout carries srt, vtt, tsv or txt")
     tr.add_argument("--tokens", action="store_true", help="tokens with their start/end seconds (text and segments)")
     tr.add_argument("--batch-size", type=int, metavar="N", help="segments per model run (overrides offline.batch_size)")
-    tr.add_argument("--vad", choices=("silero", "energy"), help="the VAD that cuts long files into utterances")
+    tr.add_argument("--vad", choices=("silero", "energy"), help="the VAD that cuts files into utterances")
     quiet = tr.add_mutually_exclusive_group()
     quiet.add_argument("--quiet", action="store_true", help="no progress line on stderr")
-    quiet.add_argument("--progress", action="store_true", help="a progress line on stderr even when it is not a terminal")
+    quiet.add_argument("--progress", action="store_true",
+                       help="a progress line on stderr even when it is not a terminal")
     tr.set_defaults(func=cmd_transcribe)
 
     rn = sub.add_parser("run", help="listen (mic, WAV file or raw PCM on stdin) and print events as JSON lines")

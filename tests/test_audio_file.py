@@ -1,16 +1,19 @@
-"""Tests for agent.audio_file: WAV files are built byte by byte here, independent of the reader."""
+"""Tests for agent.audio_file: WAV files are built byte by byte here, independent of the reader; FLAC,
+Ogg and MP3 files are written by soundfile (libsndfile) itself, from samples the test knows."""
 import logging
 import struct
 import uuid
 
 import numpy as np
 import pytest
+import soundfile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.audio_file import AudioFileError, load_audio, read_wav, resample
+from agent.audio_file import AudioFile, AudioFileError, load_audio, read_wav, resample
 
-PCM, FLOAT, ALAW, MP3, EXTENSIBLE = 0x0001, 0x0003, 0x0006, 0x0055, 0xFFFE
+PCM, FLOAT, ALAW, MULAW, MP3, EXTENSIBLE = 0x0001, 0x0003, 0x0006, 0x0007, 0x0055, 0xFFFE
+GSM = 0x0031
 
 
 def subformat_guid(tag):
@@ -212,13 +215,13 @@ def test_empty_data_chunk(write):
 
 ERROR_CASES = {
     "empty": (b"", r"empty file"),
-    "not-riff": (b"ID3\x03\0\0\0\0\0\0" + b"\xff" * 100, r"not a RIFF/WAVE file \(starts with b'ID3\\x03'\)"),
-    "riff-avi": (b"RIFF\x04\0\0\0AVI ", r"not a RIFF/WAVE file \(RIFF form type b'AVI '\)"),
-    "mp3": (wav(b"\0" * 10, tag=MP3), r"unsupported WAVE format tag 0x0055 \(expected PCM 1, IEEE float 3"),
-    "alaw": (wav(b"\0" * 10, tag=ALAW, bits=8), r"unsupported WAVE format tag 0x0006"),
-    "ext-alaw": (wav(b"\0" * 10, tag=EXTENSIBLE, sub=ALAW, bits=8),
-                 r"unsupported EXTENSIBLE subformat 00000006-0000-0010-8000-00aa00389b71"),
-    "rf64": (b"RF64\xff\xff\xff\xffWAVEds64" + b"\0" * 40, r"RF64 .*not supported"),
+    "not-riff": (b"ID3\x03\0\0\0\0\0\0" + b"\xff" * 100,
+                 r"not an audio format stt-agent reads \(the file starts with b'ID3\\x03'\); formats read: WAV"),
+    "riff-avi": (b"RIFF\x04\0\0\0AVI ", r"not a RIFF/WAVE file \(RIFF form type b'AVI '\); formats read: WAV"),
+    "mp3": (wav(b"\0" * 10, tag=MP3), r"unsupported WAVE format tag 0x0055 \(decoded: PCM, IEEE float, mu-law"),
+    "ext-mp3": (wav(b"\0" * 10, tag=EXTENSIBLE, sub=MP3, bits=8),
+                r"unsupported EXTENSIBLE subformat 00000055-0000-0010-8000-00aa00389b71"),
+    "rf64": (b"RF64\xff\xff\xff\xffWAVEds64" + b"\0" * 40, r"cannot read it as audio: Error in RF64 file"),
     "no-data": (riff(fmt_chunk(), chunk(b"LIST", b"INFO")), r"no data chunk"),
     "no-fmt": (riff(chunk(b"LIST", b"INFO")), r"no fmt chunk"),
     "data-before-fmt": (riff(chunk(b"data", b"\0\0"), fmt_chunk()), r"data chunk before any fmt"),
@@ -232,7 +235,8 @@ ERROR_CASES = {
                     r"3 of 5 float samples are NaN or infinite \(a corrupt file\)"),
     "pcm-64": (wav(b"\0" * 16, bits=64), r"unsupported 64-bit PCM"),
     "float-16": (wav(b"\0" * 16, tag=FLOAT, bits=16), r"unsupported 16-bit IEEE float"),
-    "rifx": (b"RIFX\0\0\0\x24WAVE", r"big-endian RIFX"),
+    "rifx-cut": (b"RIFX\0\0\0\x24WAVE", r"cannot read it as audio: Error in WAV file"),
+    "gsm-cut": (riff(fmt_chunk(tag=GSM, bits=0)), r"no data chunk"),
 }
 
 
@@ -287,3 +291,129 @@ def test_downmix_is_channel_mean(write, channels, values):
 def test_float_samples_beyond_full_scale_are_clipped(write):
     samples, _ = read_wav(write(wav(np.array([2.0, -1e30, 0.5], "<f4").tobytes(), tag=FLOAT, bits=32)))
     np.testing.assert_array_equal(samples, [32768, -32768, 16384])
+
+
+# --- formats beyond PCM WAV -----------------------------------------------------------------
+
+G711 = {  # ITU-T G.711 decoding, from the standard's tables: code -> linear 16-bit
+    MULAW: {0xFF: 0, 0x7F: 0, 0x80: 32124, 0x00: -32124, 0x8F: 16764},
+    ALAW: {0xD5: 8, 0x55: -8, 0xAA: 32256, 0x2A: -32256},
+}
+
+
+@pytest.mark.parametrize("tag", [MULAW, ALAW], ids=["mu-law", "A-law"])
+@pytest.mark.parametrize("extensible", [False, True], ids=["plain", "extensible"])
+def test_g711_wav_is_decoded_exactly(write, tag, extensible):
+    codes, linear = zip(*G711[tag].items())
+    fmt = dict(tag=EXTENSIBLE, sub=tag) if extensible else dict(tag=tag)
+    data = riff(fmt_chunk(bits=8, rate=8000, **fmt), chunk(b"fact", struct.pack("<I", len(codes))),
+                chunk(b"data", bytes(codes)))
+    samples, rate = read_wav(write(data))
+    assert rate == 8000
+    np.testing.assert_array_equal(samples, np.array(linear, np.float32))
+
+
+def test_big_endian_rifx_is_read(write):
+    body = (b"WAVE" + b"fmt " + struct.pack(">IHHIIHH", 16, PCM, 1, 16000, 32000, 2, 16)
+            + b"data" + struct.pack(">I", 6) + np.array([100, -200, 300], ">i2").tobytes())
+    samples, _ = read_wav(write(b"RIFX" + struct.pack(">I", len(body)) + body))
+    np.testing.assert_array_equal(samples, [100, -200, 300])
+
+
+@pytest.mark.parametrize("container", ["FLAC", "RF64", "W64", "AIFF", "CAF"])
+def test_lossless_containers_are_read_exactly(tmp_path, container):
+    values = np.random.default_rng(5).integers(-32768, 32768, (4000, 2)).astype(np.int16)
+    path = tmp_path / f"clip.{container.lower()}"
+    soundfile.write(path, values, 44100, format=container, subtype="PCM_16")
+    samples, rate = read_wav(path)
+    assert rate == 44100
+    np.testing.assert_array_equal(samples, values.astype(np.float32).mean(axis=1))
+
+
+def test_24_bit_flac_keeps_its_fraction_of_an_int16_step(tmp_path):
+    values = np.random.default_rng(6).integers(-2**23, 2**23, 3000).astype(np.int32)
+    path = tmp_path / "clip.flac"
+    soundfile.write(path, values << 8, 16000, subtype="PCM_24")  # int32 written: its top 24 bits
+    np.testing.assert_array_equal(read_wav(path)[0], (values / 256).astype(np.float32))
+
+
+LOSSY = [("OGG", "VORBIS", 44100), ("OGG", "OPUS", 48000), ("MP3", "MPEG_LAYER_III", 44100),
+         ("WAV", "ULAW", 8000), ("WAV", "ALAW", 22050), ("WAV", "IMA_ADPCM", 16000), ("WAV", "GSM610", 8000)]
+
+
+@pytest.mark.parametrize("container,subtype,rate", LOSSY, ids=[s for _, s, _ in LOSSY])
+def test_lossy_encodings_keep_pitch_level_and_length(tmp_path, container, subtype, rate):
+    if container not in soundfile.available_formats():  # MP3 needs libsndfile >= 1.1
+        pytest.skip(f"this libsndfile {soundfile.__libsndfile_version__} writes no {container}")
+    t = np.arange(2 * rate) / rate
+    path = tmp_path / f"tone.{container.lower()}"
+    soundfile.write(path, 0.3 * np.sin(2 * np.pi * 440 * t), rate, format=container, subtype=subtype)
+    out = load_audio(path)
+    assert out.dtype == np.float32 and out.ndim == 1
+    assert abs(len(out) - 32000) <= 32000 * 0.02  # MP3 and Opus frames round the length up
+    assert abs(dominant_freq(out, 16000) - 440) <= 16000 / len(out)
+    level = np.sqrt(np.mean(out[4000:-4000] ** 2)) * np.sqrt(2)
+    assert level == pytest.approx(0.3 * 32768, rel=0.05)
+
+
+def test_blocks_are_16k_and_match_the_whole_file(tmp_path):
+    t = np.arange(3 * 44100) / 44100
+    path = tmp_path / "tone.ogg"
+    soundfile.write(path, 0.3 * np.sin(2 * np.pi * 440 * t), 44100, subtype="VORBIS")
+    with AudioFile(path) as audio:
+        assert (audio.rate, audio.format, audio.duration) == (44100, "OGG", 3.0)
+        blocks = list(audio.blocks(1.0))
+    assert all(len(b) <= 16000 * 1.05 for b in blocks)  # a second at a time (soxr holds a little back)
+    np.testing.assert_allclose(np.concatenate(blocks), load_audio(path), atol=0.5)
+
+
+def test_nan_further_in_stops_the_blocks_after_what_came_before(write):
+    values = np.full(40000, 0.25, np.float32)
+    values[20000] = np.nan
+    with AudioFile(write(wav(values.tobytes(), tag=FLOAT, bits=32))) as audio:
+        blocks = audio.blocks(1.0)
+        np.testing.assert_array_equal(next(blocks), np.full(16000, 8192, np.float32))
+        with pytest.raises(AudioFileError, match=r"/clip\.wav: 1 of 16000 float samples are NaN or infinite"):
+            next(blocks)
+
+
+def test_an_unknown_format_names_the_formats_read_and_the_conversion(write):
+    path = write(b"\x89PNG\r\n\x1a\n" + b"\0" * 100, name="photo.png")
+    with pytest.raises(AudioFileError) as err:
+        read_wav(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: not an audio format stt-agent reads (the file starts with b'\\x89PNG')")
+    assert "formats read: WAV (int, float, mu-law, A-law), FLAC, Ogg Vorbis/Opus" in message
+    assert message.endswith(f"convert others with: ffmpeg -i {path} -ar 16000 -ac 1 photo.16k.wav")
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("container,pattern", [("FLAC", r"cannot decode the audio after \d+\.\d s: .*flac"),
+                                               ("OGG", r"cannot read it as audio: .*malformed")])
+def test_a_cut_compressed_file_is_an_error_naming_it(tmp_path, container, pattern):
+    t = np.arange(2 * 16000) / 16000
+    whole = tmp_path / f"whole.{container.lower()}"
+    soundfile.write(whole, 0.3 * np.sin(2 * np.pi * 440 * t), 16000, format=container)
+    cut = tmp_path / f"cut.{container.lower()}"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(AudioFileError, match=rf"^{cut}: {pattern}") as err:
+        read_wav(cut)
+    assert "\n" not in str(err.value)
+
+
+def test_a_named_pipe_is_read_like_the_file_it_carries(tmp_path):
+    """`stt-agent transcribe <(ffmpeg ...)` names a pipe: FLAC needs seeking, so it is buffered first."""
+    import os
+    import threading
+
+    values = np.random.default_rng(7).integers(-32768, 32768, 5000).astype(np.int16)
+    flac = tmp_path / "clip.flac"
+    soundfile.write(flac, values, 16000)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(flac.read_bytes()))
+    writer.start()
+    samples, rate = read_wav(fifo)
+    writer.join()
+    assert rate == 16000
+    np.testing.assert_array_equal(samples, values.astype(np.float32))

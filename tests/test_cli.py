@@ -53,7 +53,9 @@ def test_a_bad_file_does_not_stop_the_batch(model, wavs, tmp_path):
     records = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [("error" in r) for r in records] == [True, False, True, False]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert errors[0] == f"error: {bad}: not a RIFF/WAVE file (starts with b'not ')"
+    assert errors[0].startswith(f"error: {bad}: not an audio format stt-agent reads (the file starts with b'not '); "
+                                "formats read: WAV")
+    assert errors[0].endswith(f"; convert others with: ffmpeg -i {bad} -ar 16000 -ac 1 bad.16k.wav")
     assert errors[1] == f"error: {missing}: no such file"
     assert errors[-1] == "error: 2 of 4 files failed"
     assert "Traceback" not in proc.stderr
@@ -179,3 +181,108 @@ def test_a_float_wav_with_nan_samples_is_refused_and_the_batch_goes_on(model, wa
     assert records[0]["error"] == f"{nan_wav}: 8000 of 16000 float samples are NaN or infinite (a corrupt file)"
     assert records[1]["text"] == tm.PATTERN_TEXT
     assert "Traceback" not in proc.stderr
+
+
+def _encoded(tmp_path, wav, container, subtype=None):
+    """`wav` written again by libsndfile in another container or encoding."""
+    import soundfile
+
+    samples, rate = soundfile.read(wav, dtype="int16")
+    path = tmp_path / f"{wav.stem}-{subtype or container}.{container.lower()}"
+    soundfile.write(path, samples, rate, format=container, subtype=subtype)
+    return path
+
+
+ENCODINGS = [("FLAC", None), ("OGG", "VORBIS"), ("OGG", "OPUS"), ("MP3", None), ("WAV", "ULAW"), ("WAV", "ALAW")]
+
+
+@pytest.mark.parametrize("container,subtype", ENCODINGS, ids=[s or c for c, s in ENCODINGS])
+def test_transcribe_reads_other_formats(model, wavs, tmp_path, container, subtype):
+    import soundfile
+
+    if container not in soundfile.available_formats():  # MP3 needs libsndfile >= 1.1
+        pytest.skip(f"this libsndfile {soundfile.__libsndfile_version__} writes no {container}")
+    path = _encoded(tmp_path, wavs[1], container, subtype)  # 48 kHz stereo
+    proc = run("transcribe", str(path), "--model", str(model), "--json")
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(proc.stdout)
+    # the tiny model's text follows the length: Opus and MP3 frames round it up a little
+    assert record["file"] == str(path) and record["text"].startswith(f"{tm.PATTERN_TEXT} {tm.PATTERN_TEXT}")
+
+
+def _stdin_run(data: bytes, *args):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("STT_AGENT_CONFIG", None)
+    return subprocess.run([sys.executable, "-m", "agent", "transcribe", *args], input=data, capture_output=True,
+                          cwd=ROOT, env=env, timeout=120)
+
+
+@pytest.mark.parametrize("container", ["WAV", "FLAC"])
+def test_transcribe_reads_a_file_piped_to_stdin(model, wavs, tmp_path, container):
+    path = wavs[0] if container == "WAV" else _encoded(tmp_path, wavs[0], container)
+    proc = _stdin_run(path.read_bytes(), "-", "--model", str(model), "--json")
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(proc.stdout)
+    assert record["file"] == "-" and record["text"] == tm.PATTERN_TEXT
+
+
+def test_stdin_errors_are_one_line_and_exit_66(model, tmp_path):
+    proc = _stdin_run(b"", "-", "--model", str(model))
+    assert proc.returncode == 66 and our_lines(proc.stderr.decode()) == [
+        "error: stdin: nothing was piped in (e.g. `stt-agent transcribe - < talk.flac`)"]
+    proc = _stdin_run(b"hello, not audio", "-", "--model", str(model))
+    assert proc.returncode == 66
+    (line,) = our_lines(proc.stderr.decode())
+    assert line.startswith("error: stdin: not an audio format stt-agent reads") and line.endswith(
+        "convert others with: ffmpeg -i IN -ar 16000 -ac 1 -f wav - | stt-agent transcribe -")
+    assert _stdin_run(b"", "-", "-", "--model", str(model)).returncode == 2
+
+
+def test_exit_code_is_the_failures_own_when_every_file_fails(model, wavs, tmp_path):
+    good, _, bad = wavs
+    missing = tmp_path / "missing.wav"
+    proc = run("transcribe", str(missing), "--model", str(model))
+    assert proc.returncode == 66 and our_lines(proc.stderr) == [f"error: {missing}: no such file"]
+    proc = run("transcribe", str(missing), str(bad), "--model", str(model))
+    assert proc.returncode == 66 and our_lines(proc.stderr)[-1] == "error: 2 of 2 files failed"
+    assert run("transcribe", str(missing), str(good), "--model", str(model)).returncode == 1
+
+
+def test_an_output_that_cannot_be_written_fails_that_file_only(model, wavs, tmp_path):
+    good, other, _ = wavs
+    out = tmp_path / "out"
+    (out / "a.srt").mkdir(parents=True)  # where a.wav's subtitles would go
+    proc = run("transcribe", str(good), str(other), "--model", str(model), "--format", "srt",
+               "--output-dir", str(out))
+    assert proc.returncode == 1
+    assert our_lines(proc.stderr)[0].startswith(f"error: {out / 'a.srt'}: cannot write: ")
+    assert (out / "b.srt").is_file() and "Traceback" not in proc.stderr
+    assert run("transcribe", str(good), "--model", str(model), "--format", "srt",
+               "--output-dir", str(out)).returncode == 1  # its only file failed, by its own code
+
+
+def test_two_inputs_for_one_output_file_is_a_usage_error(model, wavs, tmp_path):
+    flac = _encoded(tmp_path, wavs[0], "FLAC")
+    same = flac.with_name("a.flac")
+    flac.rename(same)
+    proc = run("transcribe", str(wavs[0]), str(same), "--model", str(model), "--format", "txt",
+               "--output-dir", str(tmp_path))
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: {wavs[0]} and {same} would both be written to {tmp_path / 'a.txt'}"
+
+
+def test_stdin_from_a_terminal_is_refused_at_once(model):
+    import pty
+
+    primary, secondary = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("STT_AGENT_CONFIG", None)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "agent", "transcribe", "-", "--model", str(model)],
+                              stdin=secondary, capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    finally:
+        os.close(primary)
+        os.close(secondary)
+    assert proc.returncode == 66
+    assert our_lines(proc.stderr) == ["error: stdin: standard input is a terminal, not audio: pipe a file in "
+                                      "(e.g. `stt-agent transcribe - < talk.flac`)"]

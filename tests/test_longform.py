@@ -64,6 +64,27 @@ def test_a_short_file_gives_exactly_the_one_pass_result(model, config, tmp_path)
                                                              if k != "duration"}}]
 
 
+def test_a_short_file_is_cut_at_its_pauses_for_subtitles_and_segments(model, tmp_path):
+    """9.7 s with two 1.5 s pauses, under the default 20 s cap: three cues, not one of 9.7 s; JSON and
+    plain text still come from the one pass."""
+    config = tmp_path / "c.yaml"
+    config.write_text(f"recognizer:\n  model_dir: {model}\nvad:\n  kind: energy\n", encoding="utf-8")
+    wav = write_wav(tmp_path / "short.wav", np.concatenate(
+        [silence(0.2), burst(2.5, 1), silence(1.5), burst(2.5, 2), silence(1.5), burst(1.5, 3)]))
+    srt = run("transcribe", str(wav), "--config", str(config), "--format", "srt")
+    assert srt.returncode == 0, srt.stderr
+    cues = srt.stdout.strip().split("\n\n")
+    assert len(cues) == 3, srt.stdout
+    start, end = cues[0].splitlines()[1].split(" --> ")
+    assert start == "00:00:00,000" and end.startswith("00:00:02,9")  # pre-roll clipped at 0; a 200 ms tail
+    for fmt, count in (("vtt", 3), ("tsv", 4), ("txt", 3)):
+        assert len(run("transcribe", str(wav), "--config", str(config), "--format", fmt).stdout.strip()
+                   .replace("WEBVTT\n\n", "").split("\n\n" if fmt == "vtt" else "\n")) == count, fmt
+    assert len(run("transcribe", str(wav), "--config", str(config), "--segments").stdout.splitlines()) == 3
+    record = json.loads(run("transcribe", str(wav), "--config", str(config), "--json").stdout)
+    assert [(s["start"], s["end"]) for s in record["segments"]] == [(0.0, 9.7)]
+
+
 def test_a_long_file_is_cut_where_the_speech_is_and_joined_back(config, long_wav):
     wav, spans = long_wav
     proc = run("transcribe", str(wav), "--config", str(config), "--json", "--tokens")
@@ -144,11 +165,42 @@ def test_segments_stream_as_they_are_decoded_and_a_bad_file_stays_its_own(config
     bad.write_bytes(b"RIFF\x24\0\0\0WAVEfmt \x10\0\0\0\x01\0\x01\0\x01\0\0\0\x02\0\0\0\x02\0\x10\0data\0\0\0\0")
     proc = run("transcribe", str(bad), str(wav), "--config", str(config), "--segments")
     assert proc.returncode == 1
-    lines = proc.stdout.splitlines()
-    streamed = [json.loads(line) for line in lines if line.startswith("{")]
-    assert len(streamed) == 12 and all(s["file"] == str(wav) for s in streamed)
-    assert lines[-1].startswith(f"{wav}: [en happy speech")  # the file's own line comes after its segments
+    records = [json.loads(line) for line in proc.stdout.splitlines()]  # stdout: JSON lines, nothing else
+    assert records[0] == {"file": str(bad), "error": f"{bad}: header says sample rate 1 Hz (expected 8000 to "
+                                                     "768000 Hz; speech needs at least 8000 Hz)"}
+    streamed = records[1:]
+    assert len(streamed) == 12 and all(s["file"] == str(wav) and "text" in s for s in streamed)
     assert f"error: {bad}: header says sample rate 1 Hz" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _json_lines(text):
+    """What `| python -c 'for l in sys.stdin: json.loads(l)'` does: every line parses on its own."""
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_each_stream_carries_one_format_with_segments(config, long_wav):
+    wav = long_wav[0]
+    plain_srt = run("transcribe", str(wav), "--config", str(config), "--format", "srt").stdout
+    # --segments alone: the segment lines are stdout, without the per-file text line
+    lines = _json_lines(run("transcribe", str(wav), "--config", str(config), "--segments").stdout)
+    assert len(lines) == 12 and all(set(line) >= {"file", "start", "end", "text"} for line in lines)
+    # --segments --json: the segment lines, then the file's record, all JSON
+    lines = _json_lines(run("transcribe", str(wav), "--config", str(config), "--segments", "--json").stdout)
+    assert len(lines) == 13 and lines[-1]["segments"] == [{k: v for k, v in s.items() if k != "file"}
+                                                          for s in lines[:-1]]
+    # --segments --format srt: the cues alone on stdout, the segment lines on stderr
+    proc = run("transcribe", str(wav), "--config", str(config), "--segments", "--format", "srt")
+    assert proc.returncode == 0 and proc.stdout == plain_srt
+    assert len(_json_lines(proc.stderr)) == 12
+
+
+def test_segments_go_to_stdout_when_the_format_goes_to_files(config, long_wav, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = run("transcribe", str(long_wav[0]), "--config", str(config), "--segments", "--format", "vtt",
+               "--output-dir", str(out))
+    assert proc.returncode == 0 and len(_json_lines(proc.stdout)) == 12 and proc.stderr == ""
+    assert (out / "talk.vtt").read_text(encoding="utf-8").startswith("WEBVTT\n\n00:00:00.")
 
 
 def test_progress_only_on_a_terminal_or_when_asked(config, long_wav):
@@ -207,3 +259,20 @@ def test_run_fast_on_a_file_uses_the_same_segments_and_batches(config, long_wav)
         per_utterance.setdefault(e["utterance_id"], []).append(e["type"])
     assert all(types == ["speech_start", "speech_end", "final", "emotion", "language"]
                for types in per_utterance.values())
+
+
+def test_run_fast_and_transcribe_read_flac_as_they_read_wav(config, long_wav, tmp_path):
+    import soundfile
+
+    wav = long_wav[0]
+    flac = tmp_path / "talk.flac"
+    samples, rate = soundfile.read(wav, dtype="int16")
+    soundfile.write(flac, samples, rate)
+    want = json.loads(run("transcribe", str(wav), "--config", str(config), "--json").stdout)["segments"]
+    got = json.loads(run("transcribe", str(flac), "--config", str(config), "--json").stdout)["segments"]
+    assert got == want
+    proc = run("run", "--input", str(flac), "--config", str(config), "--fast")
+    assert proc.returncode == 0, proc.stderr
+    finals = [e for e in map(json.loads, proc.stdout.splitlines()) if e["type"] == "final"]
+    assert [(f["audio_start"], f["audio_end"], f["text"]) for f in finals] == [
+        (s["start"], s["end"], s["text"]) for s in want]

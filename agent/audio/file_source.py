@@ -1,4 +1,4 @@
-"""A WAV file as an audio source, paced like a microphone or as fast as the pipeline reads."""
+"""An audio file as a source, paced like a microphone or as fast as the pipeline reads."""
 from __future__ import annotations
 
 import logging
@@ -9,13 +9,13 @@ import time
 from agent.audio.blocks import RATE
 from agent.audio.ring_buffer import RingBuffer
 from agent.audio.source import FINISHED, RUNNING, STOPPED, AudioSource
-from agent.audio_file import AudioFileError, WavFile
+from agent.audio_file import AudioFile, AudioFileError
 
 log = logging.getLogger(__name__)
 
 
 class FileSource(AudioSource):
-    """Plays any WAV that `agent.audio_file` reads, as 16 kHz blocks.
+    """Plays any audio file that `agent.audio_file` reads (WAV, FLAC, Ogg, MP3, ...), as 16 kHz blocks.
 
     realtime=True: a thread writes each block when a microphone would have delivered it, on a
     schedule counted from one monotonic start (sleeping a fixed block length each time would add
@@ -36,7 +36,7 @@ class FileSource(AudioSource):
 
     def start(self) -> None:
         """Open the file (a bad header surfaces here, as AudioFileError) and start feeding it."""
-        wav = WavFile(self.path)
+        wav = AudioFile(self.path)
         ring = RingBuffer(max(self.block_samples, int(RATE * self.ring_seconds)))
         self._begin_session(ring, RATE)
         self._thread = threading.Thread(target=self._feed, args=(ring, wav), name="file-source", daemon=True)
@@ -50,7 +50,7 @@ class FileSource(AudioSource):
             self._thread.join()
         self._set_state(STOPPED)
 
-    def _feed(self, ring: RingBuffer, wav: WavFile) -> None:
+    def _feed(self, ring: RingBuffer, wav: AudioFile) -> None:
         with wav:
             try:
                 self._feed_blocks(ring, wav)
@@ -60,11 +60,11 @@ class FileSource(AudioSource):
         if not self._stop.is_set():
             self._set_state(FINISHED)
 
-    def _feed_blocks(self, ring: RingBuffer, wav: WavFile) -> None:
+    def _feed_blocks(self, ring: RingBuffer, wav: AudioFile) -> None:
         step = self.block_samples
         t0 = time.monotonic()
         pos = 0
-        for samples in wav.blocks(1.0, RATE):
+        for samples in wav.blocks(1.0):
             for at in range(0, len(samples), step):
                 block = samples[at:at + step]
                 pos += len(block)

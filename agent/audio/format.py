@@ -1,4 +1,4 @@
-"""The one rate and the one PCM conversion: WAV files, WebSocket devices and Wyoming clients all end up
+"""The one rate and the one PCM conversion: audio files, WebSocket devices and Wyoming clients all end up
 here as mono float32 samples on the int16 scale (full scale = +/-32768, what the Kaldi fbank expects)
 at 16 kHz, the rate the VAD and the recognizer take."""
 
@@ -35,6 +35,15 @@ def pcm_to_float(buf, width: int, channels: int = 1, *, floating: bool = False) 
     if channels > 1:
         samples = samples.reshape(-1, channels).mean(axis=1, dtype=np.float32)
     return samples
+
+
+def frames_to_float(frames: np.ndarray) -> np.ndarray:
+    """Decoded frames, shape (n, channels), as libsndfile gives them: int32 with the sample in its top bits
+    (any integer encoding: exact on the int16 scale after / 65536) or float (full scale 1.0) -> mono float32
+    on the int16 scale, by pcm_to_float."""
+    frames = np.ascontiguousarray(frames, frames.dtype.newbyteorder("<"))
+    channels = frames.shape[1] if frames.ndim == 2 else 1
+    return pcm_to_float(frames, frames.dtype.itemsize, channels, floating=frames.dtype.kind == "f")
 
 
 def non_finite(buf, width: int) -> int:

@@ -15,7 +15,7 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 
 from agent.audio.format import RATE
-from agent.audio_file import WavFile
+from agent.audio_file import AudioFile
 from agent.listening import Segmenter, SpeechEnd, SpeechStart
 
 _DONE = object()
@@ -40,12 +40,12 @@ class Segment:
         return len(self.audio) / RATE
 
 
-def segments_of(wav: WavFile, segmenter: Segmenter, on_audio: Optional[Callable[[int], None]] = None,
+def segments_of(wav: AudioFile, segmenter: Segmenter, on_audio: Optional[Callable[[int], None]] = None,
                 halted: Callable[[], bool] = lambda: False) -> Iterator[Segment]:
     """Every utterance of `wav`, in order; `on_audio(samples read so far)` after each block. Once
     `halted()` says so, no more audio is read and the open utterance is closed."""
     position, index, opened = 0, 0, {}
-    blocks = wav.blocks(1.0, RATE)
+    blocks = wav.blocks(1.0)
     while True:
         block = None if halted() else next(blocks, None)
         events = segmenter.flush() if block is None else segmenter.feed(block, position)
@@ -69,7 +69,7 @@ class SegmentReader:
     the segments that came before it.
     """
 
-    def __init__(self, wav: WavFile, segmenter: Segmenter, *, queue_segments: int = 16,
+    def __init__(self, wav: AudioFile, segmenter: Segmenter, *, queue_segments: int = 16,
                  on_audio: Optional[Callable[[int], None]] = None, stop: Optional[threading.Event] = None):
         """`stop` (e.g. SIGTERM's): read no further; what was read still reaches the consumer."""
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, queue_segments))

@@ -1,14 +1,20 @@
-"""`stt-agent transcribe`: files of any length, each to its outputs.
+"""`stt-agent transcribe`: audio files of any length (or stdin), each to its outputs.
 
-A file no longer than segmenter.max_utterance_s is decoded in one pass, exactly as always. A longer
-one is read a second at a time, cut into utterances by the live pipeline's VAD and segmenter (on a
-thread of its own), decoded in batches, and written out as it goes: memory does not grow with the
+A file is read a second at a time, cut into utterances by the live pipeline's VAD and segmenter (on
+a thread of its own), decoded in batches, and written out as it goes: memory does not grow with the
 length of the file, and attention cost stays that of one utterance (a whole 9-minute file in one
-pass took 291 s and 4.9 GB; a 2-hour one ran out of memory).
+pass took 291 s and 4.9 GB; a 2-hour one ran out of memory). That happens to every file whose output
+is made of segments (subtitles, transcripts, segment lines: a 9.7 s file with two 1.5 s pauses was
+one 9.7 s subtitle in one pass), and to every file longer than segmenter.max_utterance_s. Plain text
+and JSON of a shorter file come from one pass over it, exactly as always.
+
+Each stream carries one format: segment lines go to stdout unless it carries subtitles or a
+transcript, then to stderr (`Outputs.segment_stream`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -17,10 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, TextIO
 
-from agent.audio_file import AudioFileError, WavFile, resample
+from agent.audio_file import STDIN, AudioFile, AudioFileError, resample
+from agent.errors import AgentError
 from agent.offline.batches import decode_in_batches
 from agent.offline.segments import RATE, SegmentReader
 from agent.offline.transcript import WRITERS, TimedText, segment_dict, whole
+
+
+class OutputError(AgentError):
+    """A file's result could not be written (e.g. the output directory is full); the other files go on."""
 
 
 @dataclass
@@ -32,6 +43,32 @@ class Outputs:
     segments: bool = False  # a JSON line per segment as soon as it is decoded
     output_dir: Optional[Path] = None
     stdout: TextIO = field(default_factory=lambda: sys.stdout)
+    stderr: TextIO = field(default_factory=lambda: sys.stderr)
+
+    @property
+    def segment_stream(self) -> Optional[TextIO]:
+        """Where segment lines go: stdout, unless subtitles or a transcript go there (no --output-dir):
+        then stderr, so that `| jq` and a subtitle player each read one format."""
+        if not self.segments:
+            return None
+        return self.stderr if self.format in WRITERS and self.output_dir is None else self.stdout
+
+    @property
+    def json_lines(self) -> bool:
+        """stdout carries JSON lines, so a file that fails gets a JSON line with its error there too."""
+        return (self.format == "json" and self.output_dir is None) or self.segment_stream is self.stdout
+
+    @property
+    def per_segment(self) -> bool:
+        """The output is made of segments, so every file is cut at its pauses, however short."""
+        return self.segments or self.format in WRITERS
+
+    def target(self, path: str) -> Optional[Path]:
+        """The file `path`'s result is written to (None: stdout)."""
+        if self.output_dir is None or self.format == "text":
+            return None
+        stem = "stdin" if path == STDIN else Path(path).stem
+        return self.output_dir / f"{stem}.{self.format}"
 
 
 class Progress:
@@ -87,25 +124,33 @@ class Transcriber:
         self.progress = Progress(progress)
 
     def transcribe(self, path: str) -> FileResult:
-        """One file, written to its outputs; AudioFileError for a file that cannot be read."""
+        """One file, written to its outputs; AudioFileError for a file that cannot be read, OutputError
+        for a result that cannot be written."""
         started = time.perf_counter()
-        with WavFile(path) as wav:
+        with AudioFile(path) as audio:
             recognizer = self._load()
-            if wav.duration <= self.settings.segmenter.max_utterance_s:
-                samples = resample(wav.read_all(), wav.rate, RATE)
+            if self.outputs.per_segment or audio.duration > self.settings.segmenter.max_utterance_s:
+                parts = self._segmented(path, audio, recognizer)
+                result_whole, segmented = whole(parts, audio.duration), True
+            else:
+                samples = resample(audio.read_all(), audio.rate, RATE)
                 started = time.perf_counter()  # a short file's decode_ms is the model's time, as it always was
                 result = recognizer.recognize(samples)
                 parts = [TimedText(0.0, len(samples) / RATE, result)]
-                self._stream_segment(path, parts[0])
                 result_whole, segmented = result, False
-            else:
-                parts = self._segmented(path, wav, recognizer)
-                result_whole, segmented = whole(parts, wav.duration), True
         record = FileResult(path, result_whole, parts, (time.perf_counter() - started) * 1000, segmented)
         self._write(record)
         return record
 
-    def _segmented(self, path: str, wav: WavFile, recognizer) -> List[TimedText]:
+    def failed(self, path: str, exc: Exception) -> None:
+        """Report a file that failed: a line on stderr, and a JSON line where stdout carries JSON lines."""
+        self.progress.done()
+        print(f"error: {exc}", file=self.outputs.stderr, flush=True)
+        if self.outputs.json_lines:
+            self.outputs.stdout.write(json.dumps({"file": path, "error": str(exc)}, ensure_ascii=False) + "\n")
+            self.outputs.stdout.flush()
+
+    def _segmented(self, path: str, wav: AudioFile, recognizer) -> List[TimedText]:
         from agent.listening import Segmenter, load_vad
 
         s = self.settings
@@ -132,15 +177,17 @@ class Transcriber:
 
     # ------------------------------------------------------------------ outputs
     def _stream_segment(self, path: str, part: TimedText):
-        if self.outputs.segments:
+        stream = self.outputs.segment_stream
+        if stream is not None:
             line = json.dumps({"file": path, **segment_dict(part, self.outputs.tokens)}, ensure_ascii=False)
-            self.outputs.stdout.write(line + "\n")
-            self.outputs.stdout.flush()
+            stream.write(line + "\n")
+            stream.flush()
 
     def _write(self, r: FileResult):
         out = self.outputs
         if out.format == "text":
-            self._write_text(r)
+            if not out.segments:  # with --segments stdout holds the segment lines only
+                self._write_text(r)
             return
         if out.format == "json":
             body = {"file": r.path, **r.whole.to_dict(tokens=True), "decode_ms": round(r.decode_ms, 1),
@@ -148,11 +195,16 @@ class Transcriber:
             text = json.dumps(body, ensure_ascii=False) + "\n"
         else:
             text = WRITERS[out.format](r.parts)
-        if out.output_dir is not None:
-            target = out.output_dir / f"{Path(r.path).stem}.{out.format}"
+        target = out.target(r.path)
+        if target is not None:
             tmp = target.with_name(f".{target.name}.tmp")
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, target)  # a reader never sees half a file
+            try:
+                tmp.write_text(text, encoding="utf-8")
+                os.replace(tmp, target)  # a reader never sees half a file
+            except OSError as e:
+                with contextlib.suppress(OSError):
+                    tmp.unlink(missing_ok=True)
+                raise OutputError(f"{target}: cannot write: {e.strerror or e}") from None
         else:
             out.stdout.write(text)
             out.stdout.flush()
@@ -168,4 +220,4 @@ class Transcriber:
         stdout.flush()
 
 
-__all__ = ["AudioFileError", "Outputs", "Transcriber"]
+__all__ = ["STDIN", "AudioFileError", "OutputError", "Outputs", "Transcriber"]

@@ -13,7 +13,7 @@ import time
 from typing import Callable, Optional
 
 from agent.audio.source import SourceStats
-from agent.audio_file import WavFile
+from agent.audio_file import AudioFile
 from agent.events import Emitter, SpeechEnded, SpeechStarted
 from agent.offline.batches import decode_in_batches
 from agent.offline.segments import RATE, SegmentReader
@@ -41,7 +41,7 @@ class OfflinePipeline:
 
     def run(self, stop: threading.Event, on_started: Optional[Callable[[], None]] = None) -> bool:
         """Until the file is done or `stop` is set; True if every utterance read was decoded."""
-        wav = WavFile(self.path)
+        wav = AudioFile(self.path)
         self.source.state = "running"
         batch = self.offline.resolved_batch_size(self.recognizer.info["provider"])
         # stop (SIGTERM): read no further; what was read is still decoded, within drain_timeout_s
