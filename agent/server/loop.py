@@ -56,7 +56,8 @@ class NetworkLoop:
         self.refused: dict = {}
         self.latency_ms = LatencyWindow(500)
         self.accept_failures = 0
-        self.ingest = self.wyoming = self.realtime = None
+        self.ingest = self.wyoming = self.realtime = self.openai = None
+        self.started_at = time.time()
         self._http_gate = self._runner = self._http_server = None
         self._refusal_log = RateLimitedLog(log, 10.0)
         self._accept_log = RateLimitedLog(log, 10.0)
@@ -152,6 +153,10 @@ class NetworkLoop:
 
         self.realtime = Realtime(self, self.ingest.tokens)
         app.router.add_get(PATH, self.realtime.handle)  # OpenAI's realtime transcription, same tokens
+        from agent.server.openai_api import OpenAiApi
+
+        self.openai = OpenAiApi(self, self.ingest.tokens)
+        self.openai.add_routes(app)  # OpenAI's audio API: uploads, models
         # A kept-alive HTTP connection between requests: 15 s, not aiohttp's 75 (the pending bound
         # covers only the wait for a first request).
         # shutdown_timeout: what is left once every connection was finished (aiohttp's default waits 60 s).
@@ -249,6 +254,11 @@ class NetworkLoop:
         self._refusal_log(logging.WARNING, "refused a stream from %s for device %r: %d %s (%s)", peer, device_id,
                           status.value, status.phrase, text)
         return web.Response(status=status.value, text=text + "\n", headers=headers)
+
+    def http_refused(self, reason: str, peer: str, text: str) -> None:
+        """An HTTP API request refused (OpenAI's error shape): counted by reason, logged at most once per 10 s."""
+        self.refused[reason] = self.refused.get(reason, 0) + 1
+        self._refusal_log(logging.WARNING, "refused an API request from %s: %s (%s)", peer, reason, text[:200])
 
     def segmenter(self, first_utterance_id: int, settings=None):
         """A stream's segmenter: its utterance ids go on from `first_utterance_id` (the device's numbering)."""

@@ -53,6 +53,16 @@ class WyomingSettings:
 
 
 @dataclass
+class ServerHttpSettings:
+    max_upload_bytes: int = setting(
+        200 * 1024 * 1024, "Largest file POST /v1/audio/transcriptions takes (200 MiB: 1 h 49 min of 16 kHz 16-bit "
+                           "WAV, many hours of MP3 or Opus); larger is refused with 413.", min=1024, max=1 << 40)
+    max_upload_s: float = setting(
+        14400.0, "Longest audio an upload may hold, in seconds (4 hours); longer is refused with 413.", min=1.0,
+        max=604800.0)
+
+
+@dataclass
 class ServerSettings:
     enabled: bool = setting(
         False, "Accept audio streams from devices at ws://HOST:PORT/ws/stt/<device_id> (stt-agent serve turns it "
@@ -93,6 +103,9 @@ class ServerSettings:
         0, "Finals (of any streams) decoded in one model run when several are ready. 0 = auto: 4 on the CPU "
            "provider, 8 on CUDA/TensorRT.", min=0, max=64)
     wyoming: WyomingSettings = section(WyomingSettings, "Home Assistant's Wyoming speech-to-text protocol.")
+    http: ServerHttpSettings = section(
+        ServerHttpSettings, "OpenAI's audio API on the server's port: /v1/audio/transcriptions, /v1/models "
+                            "(docs/OPENAI.md).")
 
     def check(self):
         if self.enabled and self.auth == "token" and not self.tokens_file:
