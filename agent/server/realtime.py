@@ -38,7 +38,7 @@ from agent.events import Stamped
 from agent.pipeline.listener import Listener
 from agent.server import auth
 from agent.server.ingest import RETRY_AFTER_S, peer_of, token_of
-from agent.server.stream import NetworkStream
+from agent.server.stream import EventRelay, NetworkStream
 
 if TYPE_CHECKING:
     from agent.server.loop import NetworkLoop
@@ -132,8 +132,9 @@ class _Session:
         self.turn_detection: Optional[dict] = {"type": "server_vad"}
         self.stream: Optional[NetworkStream] = None
         self._resample = Resampler(self.rate)
-        self._events: asyncio.Queue = asyncio.Queue()  # the stream's events, in seq order
         self._loop = asyncio.get_running_loop()
+        self._relay = EventRelay(self._loop, ("speech_start", "speech_end", "partial", "final", "error"),
+                                 self._on_event, "realtime")  # the streams' events, in seq order
         self._event_ids = itertools.count(1)
         self._items: dict = {}  # utterance id -> item id
         self._previous_item: Optional[str] = None
@@ -145,11 +146,10 @@ class _Session:
     # ------------------------------------------------------------------ the connection
     async def run(self) -> None:
         claim, net = self.claim, self.net
-        consumer = self._loop.create_task(self._consume())
         code, reason = 1000, "the client closed the connection"
         try:
             if not claim.ended.is_set():
-                claim.emitter.attach(self)  # every stream of this session speaks through the device's emitter
+                claim.emitter.attach(self._relay)  # every stream of this session speaks through the device's
                 self._open_stream(claim.first_utterance_id)
                 await self._send(("transcription_session.created" if self.beta else "session.created"),
                                  session=self._session_object())
@@ -160,11 +160,9 @@ class _Session:
             if self.stream is not None:
                 s = net.settings
                 await self.stream.finish(max(s.pipeline.drain_timeout_s, s.server.idle_timeout_s) + 1)
-                await asyncio.sleep(0)  # the decode thread's last events are queued now...
-                await self._events.join()  # ...and sent
-                claim.emitter.detach(self)
-            consumer.cancel()
-            await asyncio.gather(consumer, return_exceptions=True)
+                await self._relay.settled()  # the last final is sent
+                claim.emitter.detach(self._relay)
+            await self._relay.stop()
             await self.ws.close(code=code, message=reason[:120].encode())
             net.registry.release(claim, self.stream.next_utterance_id if self.stream else claim.first_utterance_id)
 
@@ -338,30 +336,9 @@ class _Session:
                 "audio": {"input": {"format": fmt, "transcription": transcription,
                                     "turn_detection": self.turn_detection}}}
 
-    # ------------------------------------------------------------------ the stream's events
-    def publish(self, stamped: Stamped) -> None:
-        if stamped.event.type in ("speech_start", "speech_end", "partial", "final", "error"):
-            try:
-                self._loop.call_soon_threadsafe(self._events.put_nowait, stamped)
-            except RuntimeError:  # the loop is closed: the process is stopping
-                pass
-
-    def close(self) -> None:
-        pass
-
-    async def _consume(self) -> None:
-        while True:
-            stamped = await self._events.get()
-            try:
-                await self._on_event(stamped.event)
-            except (ConnectionError, RuntimeError):
-                pass  # the client is gone; the utterance still reached MQTT
-            except Exception:  # noqa: BLE001 - one bad event must not end the session's transcripts
-                log.exception("realtime: handling a %s event failed", stamped.event.type)
-            finally:
-                self._events.task_done()
-
-    async def _on_event(self, event) -> None:
+    # ------------------------------------------------------------------ the stream's events (on the loop)
+    async def _on_event(self, stamped: Stamped) -> None:
+        event = stamped.event
         kind = event.type
         if kind == "speech_start":
             await self._send("input_audio_buffer.speech_started", audio_start_ms=round(event.at * 1000),

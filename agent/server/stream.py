@@ -163,3 +163,47 @@ class SocketSink:
         """Nothing more will be queued; send_all sends what is queued, then returns."""
         self.closed = True
         self._ready.set()
+
+
+class EventRelay:
+    """A sink that hands a stream's events of some types to `handle(stamped)` on the loop, one at a time and in
+    seq order, whichever thread emitted them (a protocol that answers in its own words: Wyoming, realtime)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, types, handle, name: str):
+        self._loop = loop
+        self._types = frozenset(types)
+        self._handle = handle
+        self._name = name
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._task = loop.create_task(self._run())
+
+    def publish(self, stamped: Stamped) -> None:
+        if stamped.event.type in self._types:
+            try:
+                self._loop.call_soon_threadsafe(self._queue.put_nowait, stamped)
+            except RuntimeError:  # the loop is closed: the process is stopping
+                pass
+
+    def close(self) -> None:
+        pass
+
+    async def settled(self) -> None:
+        """Until every event handed over so far (the decode thread's last ones included) was handled."""
+        await asyncio.sleep(0)  # callbacks queued by call_soon_threadsafe before now run first
+        await self._queue.join()
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            stamped = await self._queue.get()
+            try:
+                await self._handle(stamped)
+            except ConnectionError:
+                pass  # the client is gone: the event still reached the other sinks (MQTT)
+            except Exception:  # noqa: BLE001 - one bad event must not end the connection's answers
+                log.exception("%s: handling a %s event failed", self._name, stamped.event.type)
+            finally:
+                self._queue.task_done()

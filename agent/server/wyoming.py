@@ -35,7 +35,7 @@ from agent.events import Stamped
 from agent.mqtt.health import RateLimitedLog
 from agent.pipeline.listener import Listener
 from agent.server.gate import Gate
-from agent.server.stream import NetworkStream
+from agent.server.stream import EventRelay, NetworkStream
 
 if TYPE_CHECKING:
     from agent.server.loop import NetworkLoop
@@ -277,7 +277,7 @@ class WyomingConnection:
         self._speech_heard = False
         self._no_speech: Optional[asyncio.TimerHandle] = None
         self._ending: Optional[asyncio.Task] = None
-        self._events: asyncio.Queue = asyncio.Queue()  # the stream's events, handled in order (_consume)
+        self._relay: Optional[EventRelay] = None  # the streams' events, handled in order on the loop
         self._write_lock = asyncio.Lock()
         self._running = True
         self._command = 0  # +1 at every transcribe and audio-start: which command a stream belongs to
@@ -287,7 +287,7 @@ class WyomingConnection:
     # ------------------------------------------------------------------ the connection
     async def run(self) -> None:
         server, s = self.server, self.net.settings.server
-        consumer = asyncio.get_running_loop().create_task(self._consume())
+        self._relay = EventRelay(self._loop, ("partial", "final", "speech_start"), self._on_event, "Wyoming")
         try:
             if server.gate.connections > 4 * s.max_streams:
                 server.refused += 1
@@ -325,8 +325,7 @@ class WyomingConnection:
             await self._end_stream("the connection ended")
             if self._ending is not None:
                 await asyncio.gather(self._ending, return_exceptions=True)
-            consumer.cancel()
-            await asyncio.gather(consumer, return_exceptions=True)
+            await self._relay.stop()
             self.writer.close()
 
     def stop(self) -> None:
@@ -406,7 +405,7 @@ class WyomingConnection:
         listener = Listener(net.segmenter(self.claim.first_utterance_id, segmenter), self.claim.emitter,
                             net.settings.pipeline, decoder=net.decoder, options=options)
         self.stream = self.claim.stream = NetworkStream(self.claim.device_id, self.peer, listener)
-        self.claim.emitter.attach(self)
+        self.claim.emitter.attach(self._relay)
         self.format, self._resample = (rate, width, channels), Resampler(rate)
         self._answered, self._ignoring, self._finals, self._ending = False, False, [], None
         self._streamed, self._started_streaming, self._speech_heard = "", False, False
@@ -456,9 +455,8 @@ class WyomingConnection:
             await stream.push(tail)
         s = self.net.settings
         await stream.finish(max(s.pipeline.drain_timeout_s, s.server.idle_timeout_s) + 1)
-        await asyncio.sleep(0)  # the events the decode thread handed over last are queued now...
-        await self._events.join()  # ...and handled (a final becomes the transcript)
-        claim.emitter.detach(self)
+        await self._relay.settled()  # a final becomes the transcript
+        claim.emitter.detach(self._relay)
         self.net.registry.release(claim, stream.next_utterance_id)
         admission.release()
         if command == self._command and not self._answered:
@@ -466,27 +464,7 @@ class WyomingConnection:
         log.info("Wyoming utterance from %s ended (%s)", self.peer, reason,
                  extra={"EVENT": "wyoming_transcript", "DEVICE_ID": claim.device_id, "PEER": self.peer})
 
-    # ------------------------------------------------------------------ events from the stream (any thread)
-    def publish(self, stamped: Stamped) -> None:
-        if stamped.event.type in ("partial", "final", "speech_start"):
-            try:
-                self._loop.call_soon_threadsafe(self._events.put_nowait, stamped)
-            except RuntimeError:  # the loop is closed: the process is stopping
-                pass
-
-    def close(self) -> None:
-        pass
-
-    async def _consume(self) -> None:
-        while True:
-            stamped = await self._events.get()
-            try:
-                await self._on_event(stamped)
-            except Exception:  # noqa: BLE001 - one bad event must not end the connection's transcripts
-                log.exception("Wyoming: handling a %s event failed", stamped.event.type)
-            finally:
-                self._events.task_done()
-
+    # ------------------------------------------------------------------ events from the stream (on the loop)
     async def _on_event(self, stamped: Stamped) -> None:
         event = stamped.event
         if self._answered:
