@@ -1,4 +1,4 @@
-"""Settings for the audio input (the lead wires AudioSettings into agent.settings.Settings)."""
+"""Settings for the audio input (agent.settings.Settings puts AudioSettings in the config as `audio`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

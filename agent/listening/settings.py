@@ -1,7 +1,7 @@
 """Settings of the listening front end: the voice activity detector and the utterance segmenter.
 
-Written like agent/settings.py (one dataclass per part, a doc string per key); the lead wires them
-in there as the `vad` and `segmenter` sections.
+One dataclass per part, a doc string per key; agent/settings.py puts them in the config as the `vad` and
+`segmenter` sections.
 """
 
 from __future__ import annotations

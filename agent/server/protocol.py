@@ -5,7 +5,7 @@ Client -> server:
   "language": "auto", "allowed_languages": [...]} (all fields optional);
 - binary frames of audio in that format (default s16le, 16 kHz, mono); an Opus frame is one packet
   (16 kHz mono, 20-60 ms, as ESP32 voice devices send them);
-- text frames {"audio": "<hex of s16le 16 kHz mono>"} (the seed's own client);
+- text frames {"audio": "<hex of s16le 16 kHz mono>"} (the first /ws/stt clients sent these);
 - {"type": "stop"}: finish the open utterance, deliver its final, close.
 """
 
