@@ -124,10 +124,6 @@ class Notifier:
         """`WATCHDOG=1`: the service is alive; must come within `WatchdogSec=`."""
         return self.send(WATCHDOG=1)
 
-    def watchdog_trigger(self) -> bool:
-        """`WATCHDOG=trigger`: ask systemd to act as if the watchdog had timed out, now."""
-        return self.send(WATCHDOG="trigger")
-
     def extend_timeout(self, seconds: float) -> bool:
         """`EXTEND_TIMEOUT_USEC`: still starting/stopping; wait at least `seconds` more from now."""
         return self.send(EXTEND_TIMEOUT_USEC=int(seconds * 1e6))
@@ -161,19 +157,3 @@ def one_line(text: str, limit: int = 400) -> str:
 
 def _printable(address: str) -> str:
     return "@" + address[1:] if address.startswith("\0") else address
-
-
-_default: Notifier | None = None
-
-
-def default_notifier() -> Notifier:
-    """One process-wide Notifier for `$NOTIFY_SOCKET` (created on first use)."""
-    global _default
-    if _default is None:
-        _default = Notifier()
-    return _default
-
-
-def notify(**fields) -> bool:
-    """Module-level convenience: `notify(READY=1, STATUS="listening")`."""
-    return default_notifier().send(**fields)
