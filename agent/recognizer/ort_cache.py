@@ -71,7 +71,7 @@ def build(model: Path, setting: str, force: bool = False) -> dict:
     """Write the optimized copy of `model` (atomically), check that it loads; return what was done.
 
     An existing copy for this model file and runtime is kept unless `force` ("up_to_date" says so)."""
-    from agent.recognizer.runtime import first_line, import_onnxruntime, pin_malloc_mmap_threshold
+    from agent.recognizer.ort_env import first_line, import_onnxruntime, pin_malloc_mmap_threshold
 
     directory = cache_dir(setting)
     if directory is None:

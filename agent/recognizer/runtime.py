@@ -1,61 +1,19 @@
-"""ONNX Runtime sessions: which package is installed, which providers load, and in which order."""
+"""ONNX Runtime sessions: which providers load, and in which order (which package is installed: ort_env.py)."""
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import os
-import sys
 from pathlib import Path
-from typing import List, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
-from agent.errors import ConfigError, ModelError, UnavailableError
+from agent.errors import ConfigError, ModelError
 from agent.recognizer import ort_cache
+from agent.recognizer.ort_env import (  # noqa: F401 - installed_runtimes: asked of this module too
+    first_line, import_onnxruntime, installed_runtimes, pin_malloc_mmap_threshold)
 from agent.settings import RecognizerSettings
 
 log = logging.getLogger(__name__)
-_M_MMAP_THRESHOLD = -3  # mallopt parameter number, from glibc's malloc.h
-
 EP_NAMES = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
-# All of these install the same `onnxruntime` module; two at once overwrite each other's files.
-RUNTIME_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino",
-                         "onnxruntime-qnn", "onnxruntime-training")
-
-
-def installed_runtimes() -> List[str]:
-    """Installed ONNX Runtime distributions, as "name version".
-
-    Read from the *.dist-info directory names on sys.path: importlib.metadata gives the same
-    answer but its import alone is ~15 ms of every `transcribe` start.
-    """
-    found = {}
-    for entry in sys.path:
-        try:
-            names = os.listdir(entry or ".")
-        except OSError:  # zip files, missing directories
-            continue
-        for name in names:
-            if not name.endswith(".dist-info"):
-                continue
-            dist, _, version = name[: -len(".dist-info")].partition("-")
-            canonical = dist.lower().replace("_", "-").replace(".", "-")
-            if canonical in RUNTIME_DISTRIBUTIONS:
-                found.setdefault(canonical, f"{canonical} {version}")
-    return [found[name] for name in RUNTIME_DISTRIBUTIONS if name in found]
-
-
-def import_onnxruntime():
-    runtimes = installed_runtimes()
-    if len(runtimes) > 1:
-        log.warning("several ONNX Runtime packages are installed (%s); they overwrite each other's files: "
-                    "pip uninstall -y %s, then install one ('stt-agent[cpu]' or 'stt-agent[gpu]')",
-                    ", ".join(runtimes), " ".join(r.split()[0] for r in runtimes))
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise UnavailableError("ONNX Runtime is not installed: pip install 'stt-agent[cpu]' (or 'stt-agent[gpu]' "
-                               f"on a CUDA/Jetson box) ({exc})") from None
-    return onnxruntime, (runtimes[0] if runtimes else f"onnxruntime {onnxruntime.__version__}")
 
 
 def provider_options(name: str, settings: RecognizerSettings) -> dict:
@@ -78,22 +36,6 @@ def device_kind(settings: RecognizerSettings) -> str:
         if EP_NAMES[name] in available:
             return "cpu" if name == "cpu" else "gpu"
     return "cpu"
-
-
-def pin_malloc_mmap_threshold(threshold: int = 128 * 1024) -> bool:
-    """Keep glibc's mmap threshold fixed so large buffers go back to the OS when freed.
-
-    glibc raises the threshold each time a large mmapped block is freed (reading tokens.txt is
-    enough); ONNX Runtime's load-time buffers then come from the heap and stay resident: measured
-    +120-180 MB peak RSS with the full-size int8 model. Setting it explicitly turns that off.
-    """
-    if sys.platform != "linux":
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc (musl): no dynamic threshold to pin
-        return False
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold))
 
 
 class Session(NamedTuple):
@@ -157,11 +99,6 @@ def create_session(path: Path, settings: RecognizerSettings) -> Session:
 def _build(ort, path: Path, options, chain):
     return ort.InferenceSession(str(path), sess_options=options, providers=[ep for ep, _ in chain],
                                 provider_options=[opts for _, opts in chain])
-
-
-def first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
 def _optimized_copy(path: Path, settings: RecognizerSettings, chain, ort_version: str) -> Optional[Path]:
