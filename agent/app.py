@@ -80,6 +80,10 @@ class Agent:
             from agent.audio_file import AudioFileError
 
             raise AudioFileError(f"{source}: no such file")  # before a model load of seconds
+        if self.local_audio and source == "mic":
+            from agent.audio.devices import portaudio
+
+            portaudio()  # no PortAudio library: exit 69 before the model load, not after it
 
     def _setup_logging(self):
         from agent.service import enable_fault_handler, setup_logging
@@ -100,7 +104,8 @@ class Agent:
         parts = (("audio",) if self.local_audio else ()) + (
             ("network",) if s.server.enabled or s.server.wyoming.enabled else ())
         self.progress = Progress(parts=parts, backlog=self._decoder_backlog)
-        self.watchdog = Watchdog.from_settings(self.progress, self.settings.watchdog, status=self._status)
+        self.watchdog = Watchdog.from_settings(self.progress, self.settings.watchdog, status=self._status,
+                                               config_path=self.config_path)
         self.watchdog.start()  # pings while the model loads; READY only once it is warm and the source is open
         if "tensorrt" in self.settings.recognizer.providers:
             self.watchdog.extend_startup(600)  # a first TensorRT engine build takes minutes

@@ -1,7 +1,9 @@
-"""Command line: `stt-agent run|transcribe|model|check-config` (also `python -m agent`).
+"""Command line: `stt-agent run|serve|transcribe|check-config|health|model` (also `python -m agent`).
 
-Exit codes (agent/errors.py): 0 ok, 1 some inputs failed, 2 usage, 66 model unusable,
-70 internal error, 78 invalid configuration, 141 stdout closed by its reader (e.g. `| head`).
+Exit codes (agent/errors.py; README's table): 0 ok, 1 failed (some inputs, an unhealthy agent, a
+model fetch), 2 usage (a flag's value included), 66 an input missing or corrupt, 69 something outside
+unavailable, 70 internal error, 78 invalid configuration, 130 interrupted, 141 stdout closed by its
+reader (e.g. `| head`).
 """
 
 from __future__ import annotations
@@ -14,10 +16,24 @@ import time
 from pathlib import Path
 
 from agent import __version__
-from agent.errors import EXIT_BROKEN_PIPE, EXIT_FAILED, EXIT_OK, EXIT_SOFTWARE, AgentError
+from agent.errors import EXIT_BROKEN_PIPE, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SOFTWARE, AgentError
 
 log = logging.getLogger(__name__)
+MODEL_HELP = "model directory, or its .onnx file to load that one (overrides recognizer.model_dir)"
 CONFIG_HELP = "config file (default: $STT_AGENT_CONFIG, else ./config.yaml, else /etc/stt-agent/config.yaml)"
+DESCRIPTION = ("On-device speech recognition with SenseVoiceSmall: text, emotion, language and audio event. "
+               "Commands: run (listen to a microphone, file or pipe), serve (audio streams from devices), "
+               "transcribe (audio files), check-config, health (the running agent's verdict), model (fetch, list, "
+               "optimize).")
+EPILOG = ("exit codes: 0 ok, 1 failed (some inputs, an unhealthy agent, a model fetch), 2 usage, 66 an input missing "
+          "or corrupt, 69 something outside unavailable, 70 a bug, 78 invalid configuration, 130 interrupted, "
+          "141 stdout closed. `stt-agent COMMAND --help` for each command.")
+# The flag that sets each setting, to name in a message about its value.
+FLAG_OF = {"recognizer.model_dir": "--model", "recognizer.providers": "--provider",
+           "recognizer.precision": "--precision", "recognizer.cpu.threads": "--threads",
+           "recognizer.language": "--language", "recognizer.allowed_languages": "--allowed-languages",
+           "audio.input": "--input", "vad.kind": "--vad", "offline.batch_size": "--batch-size",
+           "server.host": "--host", "server.port": "--port"}
 # numpy's import starts an OpenBLAS thread per core (60-100 ms of every start here) and nothing on
 # the audio or decode path calls BLAS. A default only: a user's own setting wins.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -55,16 +71,27 @@ def _apply_recognizer_flags(rec, args):
 
 
 def _recheck(settings_obj):
-    """Flags bypass the YAML loader, so validate the merged settings the same way."""
+    """Flags bypass the YAML loader, so validate the merged settings the same way.
+
+    The file and the environment passed the loader already, so what fails now is a flag's value (or a
+    flag against the file, e.g. --language ja with allowed_languages set): usage, exit 2, naming the flag.
+    """
     import dataclasses
 
     from agent.config_schema import build
-    from agent.errors import ConfigError
+    from agent.errors import UsageError
 
     problems = []
     build(type(settings_obj), dataclasses.asdict(settings_obj), problems=problems)
     if problems:
-        raise ConfigError([f"command line: {p}" for p in problems])
+        raise UsageError([_name_flag(p) for p in problems])
+
+
+def _name_flag(problem: str) -> str:
+    """"recognizer.cpu.threads: 0 is out of range ..." -> "--threads (recognizer.cpu.threads): 0 is ..."."""
+    key, _, rest = problem.partition(":")
+    flag = FLAG_OF.get(key.split("[", 1)[0])
+    return f"{flag} ({key}):{rest}" if flag else f"command line: {problem}"
 
 
 def cmd_transcribe(args) -> int:
@@ -145,9 +172,16 @@ class _BackgroundLoad:
         return self._value
 
 
+def _apply_log_flags(settings, args):
+    """-q: warnings and errors only, whatever logging.level says (-v lowers it in setup_logging)."""
+    if getattr(args, "log_quiet", False) and settings.logging.level in ("debug", "info"):
+        settings.logging.level = "warning"
+
+
 def _run_settings(args):
     """The config file with run's command-line flags applied on top, validated."""
     settings = _load_settings(args)
+    _apply_log_flags(settings, args)
     _apply_recognizer_flags(settings.recognizer, args)
     if args.input is not None:
         settings.audio.input = args.input
@@ -173,6 +207,7 @@ def cmd_serve(args) -> int:
 
     def settings_of():
         settings = _load_settings(args)
+        _apply_log_flags(settings, args)
         _apply_recognizer_flags(settings.recognizer, args)
         server = settings.server
         # serve must serve something: the WebSocket streams unless only Wyoming is set up (Home Assistant's
@@ -216,16 +251,36 @@ def cmd_check_config(args) -> int:
     if path is None:
         raise ConfigError(f"no config file: give --config PATH or set {settings.CONFIG_ENV} (looked for "
                           f"{' and '.join(settings.CONFIG_SEARCH)})")
-    settings.load(path)
+    loaded = settings.load(path)
+    _check_named_files(loaded)
     print(f"{path}: OK")
     return EXIT_OK
+
+
+def _check_named_files(settings) -> None:
+    """Read the files the config names that run and serve would refuse: a short token in
+    server.tokens_file stops serve only after the model load, and its check is that same load."""
+    server = settings.server
+    if server.tokens_file and server.auth == "token":
+        from agent.server.auth import Tokens
+
+        Tokens.load(server.tokens_file)
+    mqtt = settings.mqtt
+    if mqtt.enabled and mqtt.username and mqtt.password_file:  # not password_env: this shell's may differ
+        from agent.mqtt.connection import read_password
+
+        read_password(mqtt)
 
 
 def cmd_health(args) -> int:
     from agent.errors import ConfigError
     from agent.service import health_file
 
-    path = Path(args.file) if args.file else health_file.resolve(_load_settings(args).watchdog.health_file)
+    if args.file:
+        path = Path(args.file)
+    else:
+        setting = _load_settings(args).watchdog.health_file
+        path = health_file.resolve(setting, config_path=args.config_source[0], reading=True)
     if path is None:
         raise ConfigError("watchdog.health_file is empty: the agent writes no health file to check")
     healthy, why = health_file.judge(path)
@@ -234,7 +289,7 @@ def cmd_health(args) -> int:
 
 
 def _add_recognizer_flags(parser):
-    parser.add_argument("--model", help="model directory (overrides recognizer.model_dir)")
+    parser.add_argument("--model", metavar="PATH", help=MODEL_HELP)
     parser.add_argument("--provider", help="providers to try in order, e.g. cuda,cpu")
     parser.add_argument("--precision", choices=("auto", "int8", "fp32", "fp16"))
     parser.add_argument("--threads", type=int, help="CPU threads")
@@ -252,7 +307,7 @@ def _add_model_optimize(sub):
                     "graph to recognizer.cpu.optimized_cache_dir. Later loads with providers [cpu] use it (same "
                     "output, about 60% of the load time). Needs about twice the memory of a normal load, once.")
     op.add_argument("--config", help=CONFIG_HELP)
-    op.add_argument("--model", help="model directory (overrides recognizer.model_dir)")
+    op.add_argument("--model", metavar="PATH", help=MODEL_HELP)
     op.add_argument("--precision", choices=("auto", "int8", "fp32", "fp16"))
     op.add_argument("--force", action="store_true", help="build it again even if an up-to-date copy exists")
 
@@ -292,11 +347,23 @@ def cmd_optimize(args) -> int:
     return EXIT_OK
 
 
+VERBOSE_HELP = "more log output (-vv for debug)"
+QUIET_HELP = "warnings and errors only"
+
+
+def _add_log_flags(parser):
+    """-v/-q after the command too (`stt-agent run -v`); own dests, so the command's defaults do not
+    overwrite what was given before it (argparse copies a subparser's defaults over the top level's)."""
+    parser.add_argument("-v", "--verbose", dest="sub_verbose", action="count", default=0, help=VERBOSE_HELP)
+    parser.add_argument("-q", "--quiet", dest="sub_quiet", action="store_true", help=QUIET_HELP)
+
+
 def build_parser(argv=None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stt-agent", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="stt-agent", description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"stt-agent {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("-v", "--verbose", action="count", default=0, help=VERBOSE_HELP)
+    parser.add_argument("-q", "--quiet", dest="log_quiet", action="store_true", help=QUIET_HELP)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     tr = sub.add_parser("transcribe", help="transcribe audio files of any length (WAV, FLAC, Ogg, MP3, ...; - for "
                                            "stdin), one result per file",
@@ -324,14 +391,24 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
                        help="a progress line on stderr even when it is not a terminal")
     tr.set_defaults(func=cmd_transcribe)
 
-    rn = sub.add_parser("run", help="listen (mic, WAV file or raw PCM on stdin) and print events as JSON lines")
+    rn = sub.add_parser(
+        "run", help="listen (microphone, WAV file, named pipe or stdin) and print events as JSON lines",
+        description="Listen to one audio source, cut it into utterances with the VAD, and give each utterance's "
+                    "events (speech_start, partial, speech_end, final, emotion, language; docs/EVENTS.md) as JSON "
+                    "lines on stdout, or to the MQTT broker when mqtt.enabled. SIGTERM or Ctrl-C stops it after "
+                    "the pending finals. Settings: the config's audio, vad, segmenter, pipeline and mqtt sections; "
+                    "flags override them.")
     rn.add_argument("--config", help=CONFIG_HELP)
-    rn.add_argument("--input", help="mic, a WAV file, or - for raw s16le 16 kHz mono PCM on stdin")
+    rn.add_argument("--input", metavar="SOURCE",
+                    help="mic (the default: audio.device), a WAV file, a named pipe (FIFO), or - for stdin; stdin "
+                         "and pipes take raw s16le 16 kHz mono PCM or a WAV stream (its header gives rate and "
+                         "channels, e.g. arecord's output). Overrides audio.input")
     rn.add_argument("--fast", action="store_true", help="read a WAV file as fast as possible, not in real time")
     rn.add_argument("--vad", choices=("silero", "energy"), help="voice activity detector")
     rn.add_argument("--events", default=None,
                     help="- = JSON lines on stdout (default when mqtt.enabled is false), mqtt = only to the broker")
     _add_recognizer_flags(rn)
+    _add_log_flags(rn)
     rn.set_defaults(func=cmd_run)
 
     sv = sub.add_parser("serve", help="take audio streams from devices over WebSocket (no microphone)",
@@ -343,17 +420,20 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, help="TCP port (overrides server.port)")
     sv.add_argument("--vad", choices=("silero", "energy"), help="voice activity detector of every stream")
     _add_recognizer_flags(sv)
+    _add_log_flags(sv)
     sv.set_defaults(func=cmd_serve)
 
     cc = sub.add_parser("check-config", help="validate a config file: exit 0, or 78 with the problems")
     cc.add_argument("--config", help=CONFIG_HELP)
+    _add_log_flags(cc)
     cc.set_defaults(func=cmd_check_config)
 
     hc = sub.add_parser("health", help="is the running agent healthy? one line; exit 0 if so, else 1",
                         description="Reads the health file the running agent rewrites every few seconds "
                                     "(watchdog.health_file): for a container HEALTHCHECK or a Kubernetes probe.")
     hc.add_argument("--config", help=CONFIG_HELP)
-    hc.add_argument("--file", help="the health file (default: the one watchdog.health_file names)")
+    hc.add_argument("--file", help="the health file (default: the one watchdog.health_file names for this config)")
+    _add_log_flags(hc)
     hc.set_defaults(func=cmd_health)
 
     argv = sys.argv[1:] if argv is None else argv
@@ -369,6 +449,10 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser(argv)
     args = parser.parse_args(argv)
+    args.verbose += getattr(args, "sub_verbose", 0)
+    args.log_quiet = args.log_quiet or getattr(args, "sub_quiet", False)
+    if args.verbose and args.log_quiet:
+        parser.error("-v and -q: give one of them")
     from agent.service.logging import setup_early_logging
 
     setup_early_logging(args.verbose)
@@ -379,7 +463,7 @@ def main(argv=None) -> int:
             print(f"error: {line}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # `stt-agent transcribe *.wav | head -1`: the reader left, which is no bug
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # or the exit-time flush fails again
         return EXIT_BROKEN_PIPE

@@ -245,7 +245,9 @@ def apply_env(cls, data, env, problems: list, lines: _Lines):
     """Deployment overrides: STT_AGENT_<SECTION>__<KEY>=value (e.g. STT_AGENT_MQTT__HOST=broker.lan).
 
     Values are read as YAML scalars (numbers, true/false), except for string settings, which
-    take the text as it is. A variable naming no setting is an error, like an unknown key.
+    take the text as it is; a list setting takes comma-separated items (zh,en, as the CLI's
+    --allowed-languages does) or a YAML flow list ([zh, en]). A variable naming no setting is an
+    error, like an unknown key.
     """
     data = copy.deepcopy(data) if isinstance(data, dict) else ({} if data is None else data)
     if not isinstance(data, dict):
@@ -263,7 +265,7 @@ def apply_env(cls, data, env, problems: list, lines: _Lines):
                 problems.append(f"environment {name}: {'.'.join(keys)} is not a setting")
                 break
             if depth == len(keys) - 1:
-                target[key] = env[name] if _is_str(hint) else _scalar(env[name])
+                target[key] = _env_value(hint, env[name])
                 lines.from_env[".".join(keys)] = name
                 break
             if not isinstance(target.get(key), dict):
@@ -327,6 +329,16 @@ def _parse(source: str, path: Path):
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
         raise ConfigError(f"{path}{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+
+
+def _env_value(tp, text: str):
+    """An environment variable's text as the setting of type `tp` reads it (see apply_env)."""
+    if _is_str(tp):
+        return text
+    if typing.get_origin(tp) is list and not text.lstrip().startswith("["):
+        item_is_str = _is_str(typing.get_args(tp)[0])
+        return [item if item_is_str else _scalar(item) for item in (i.strip() for i in text.split(",")) if item]
+    return _scalar(text)
 
 
 def _is_str(tp) -> bool:

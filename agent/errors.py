@@ -5,12 +5,14 @@ and what was expected; the CLI prints that line and exits with the code below, n
 """
 
 EXIT_OK = 0
-EXIT_FAILED = 1  # the command ran, but some inputs failed (e.g. one bad WAV in a batch)
-EXIT_USAGE = 2  # wrong command-line usage (argparse uses 2 as well)
-EXIT_NOINPUT = 66  # sysexits EX_NOINPUT: an input (model directory, audio file) is missing, unreadable or corrupt
-EXIT_UNAVAILABLE = 69  # sysexits EX_UNAVAILABLE: a service or component is unavailable (model hub, ONNX Runtime)
+EXIT_FAILED = 1  # the command ran and failed: some inputs failed (one bad WAV in a batch), the agent is unhealthy
+EXIT_USAGE = 2  # wrong command-line usage, a flag's value included (argparse uses 2 as well)
+EXIT_NOINPUT = 66  # sysexits EX_NOINPUT: an input (model directory, audio file, a download) is missing or corrupt
+EXIT_UNAVAILABLE = 69  # sysexits EX_UNAVAILABLE: a service or component is unavailable (model hub, ONNX Runtime,
+#                        the PortAudio library a microphone needs)
 EXIT_SOFTWARE = 70  # sysexits EX_SOFTWARE: an internal error (a bug): please report it
 EXIT_CONFIG = 78  # sysexits EX_CONFIG: the configuration is invalid
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as the shell reports it: Ctrl-C before the command finished
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as the shell reports it: stdout's reader went away (`| head`)
 
 
@@ -20,20 +22,24 @@ class AgentError(Exception):
     exit_code = EXIT_FAILED
 
 
-class UsageError(AgentError):
-    """Wrong command-line usage that argparse cannot see (a flag's value checked against the config)."""
-
-    exit_code = EXIT_USAGE
-
-
-class ConfigError(AgentError):
-    exit_code = EXIT_CONFIG
+class _Problems(AgentError):
+    """One or more problems, each printed on a line of its own."""
 
     def __init__(self, problems):
         if isinstance(problems, str):
             problems = [problems]
         self.problems = list(problems)
         super().__init__("; ".join(self.problems))
+
+
+class UsageError(_Problems):
+    """Wrong command-line usage that argparse cannot see (a flag's value checked against the config)."""
+
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(_Problems):
+    exit_code = EXIT_CONFIG
 
 
 class ModelError(AgentError):

@@ -59,6 +59,7 @@ except ImportError:  # pragma: no cover
 
 __all__ = [
     "ModelFetchError",
+    "ModelMismatchError",
     "UnknownModelError",
     "fetch_model",
     "list_models",
@@ -104,6 +105,12 @@ class HubUnreachableError(ModelFetchError):
     """The hub (or a mirror) could not be reached or kept failing: nothing about the model is wrong."""
 
     exit_code = 69  # sysexits EX_UNAVAILABLE, as agent.errors.EXIT_UNAVAILABLE
+
+
+class ModelMismatchError(ModelFetchError):
+    """A file is not the one the manifest pins (size or hash), downloaded or as the hub describes it."""
+
+    exit_code = 66  # sysexits EX_NOINPUT, as agent.errors.EXIT_NOINPUT
 
 
 class UnknownModelError(ModelFetchError):
@@ -401,14 +408,14 @@ def _fill_from_hub(specs: list[_FileSpec], hf_endpoint: str, net: "_Net", say) -
                     hub_sha = hub_sha[len("sha256:") :]
             if isinstance(hub_size, int) and not isinstance(hub_size, bool):
                 if spec.size is not None and spec.size != hub_size:
-                    raise ModelFetchError(
+                    raise ModelMismatchError(
                         f"{spec.name}: the manifest says {spec.size} bytes but {api} says {hub_size}"
                     )
                 spec.size = hub_size
             if isinstance(hub_sha, str) and _SHA256_RE.match(hub_sha.lower()):
                 hub_sha = hub_sha.lower()
                 if spec.sha256 is not None and spec.sha256 != hub_sha:
-                    raise ModelFetchError(
+                    raise ModelMismatchError(
                         f"{spec.name}: the manifest says sha256 {spec.sha256} but {api} says {hub_sha}"
                     )
                 spec.sha256 = hub_sha
@@ -532,7 +539,7 @@ def _download_verified(spec: _FileSpec, partial: Path, net: _Net, say) -> None:
         if resumed and not restart:
             continue
         _unlink(part)
-        raise ModelFetchError(_mismatch(spec, size, actual))
+        raise ModelMismatchError(_mismatch(spec, size, actual))
 
 
 def _hashes(path: Path) -> dict:
@@ -807,7 +814,7 @@ def add_subparser(subparsers, extra=None) -> argparse.ArgumentParser:
     `extra(sub)` may add more ``model`` subcommands (the CLI adds ``optimize``)."""
     model = subparsers.add_parser(
         "model",
-        help="download and list SenseVoiceSmall ONNX models",
+        help="download and list SenseVoiceSmall ONNX models" + (" (and optimize them)" if extra else ""),
         description="Download a published SenseVoiceSmall ONNX export into the models directory, verified.",
     )
     sub = model.add_subparsers(dest="model_command")
@@ -842,7 +849,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``model fetch`` / ``model list``; return the exit code (0 ok, 1 failure, 2 usage)."""
+    """Run ``model fetch`` / ``model list``; return the exit code (0 ok, 1 failure, 2 usage, 66 a download
+    that does not verify, 69 the hub unreachable: README's table)."""
     models_dir = Path(args.models_dir) if getattr(args, "models_dir", None) else default_models_dir()
     manifest = getattr(args, "manifest", None)
     command = getattr(args, "model_command", None)

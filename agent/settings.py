@@ -58,7 +58,9 @@ class TensorRTSettings:
 class RecognizerSettings:
     model_dir: str = setting(
         "models/sensevoice-small-int8", "Model directory: either public ONNX export of SenseVoiceSmall (sherpa-onnx's "
-                                        "or FunASR's). Get one with: stt-agent model fetch sensevoice-small-int8")
+                                        "or FunASR's), or one .onnx file in it to load that file (precision "
+                                        "follows from its name). Get one with: stt-agent model fetch "
+                                        "sensevoice-small-int8")
     precision: str = setting(
         "auto", "Which model file to load. auto: int8 on CPU (fast there), fp16/fp32 on GPU (int8 runs badly on "
                 "CUDA).", choices=PRECISIONS)

@@ -30,7 +30,7 @@ while [ $# -gt 0 ]; do
     --mqtt-host) HOST=${2:?--mqtt-host needs a host}; shift ;;
     --mqtt-port) PORT=${2:?--mqtt-port needs a port}; shift ;;
     --mqtt-max-age) MAX_AGE=${2:?--mqtt-max-age needs seconds}; shift ;;
-    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;  # the header above
     *) echo "healthcheck.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift

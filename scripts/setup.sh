@@ -4,6 +4,8 @@
 #   bash scripts/setup.sh --cpu|--gpu  force one runtime (never both: they install the same module)
 #   bash scripts/setup.sh --test     also the test tools (pytest, hypothesis, onnx)
 #   bash scripts/setup.sh --export   also torch + onnx for scripts/export_onnx.py
+# A box with a microphone also needs the PortAudio library: sudo apt-get install libportaudio2
+# (WAV files, stdin, named pipes and `stt-agent serve` work without it). The end of the run says if it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runtime="" extras=()
@@ -29,3 +31,7 @@ python3 -m venv .venv
 list=$(IFS=,; echo "$runtime${extras[*]:+,${extras[*]}}")
 .venv/bin/python -m pip install -q -e ".[$list]"
 echo "setup.sh: installed stt-agent[$list] into .venv ($(.venv/bin/python -c 'import onnxruntime as o; print("onnxruntime", o.__version__, o.get_available_providers())'))"
+# sounddevice finds PortAudio when it is imported: the microphone's one system library.
+if ! .venv/bin/python -c 'import sounddevice' >/dev/null 2>&1; then
+  echo "setup.sh: no PortAudio library: microphone input (stt-agent run, audio.input: mic) needs it: sudo apt-get install libportaudio2" >&2
+fi

@@ -119,10 +119,11 @@ def test_our_lines_drops_only_the_cpuinfo_complaints():
     assert our_lines("error: one\nerror: two\n") == ["error: one", "error: two"]
 
 
-def test_bad_flag_value_exits_78_naming_the_key(wavs, model):
+def test_bad_flag_value_exits_2_naming_the_flag_and_the_key(wavs, model):
     proc = run("transcribe", str(wavs[0]), "--model", str(model), "--threads", "0")
-    assert proc.returncode == 78
-    assert "recognizer.cpu.threads" in proc.stderr and "out of range" in proc.stderr
+    assert proc.returncode == 2
+    assert our_lines(proc.stderr) == ["error: --threads (recognizer.cpu.threads): 0 is out of range (allowed: from 1 "
+                                      "to 64)"]
 
 
 def test_config_file_is_used_and_flags_override_it(wavs, model, tmp_path):

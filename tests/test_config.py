@@ -467,6 +467,26 @@ def test_environment_overrides_deployment_values(tmp_path):
     assert "mqtt.port (from environment STT_AGENT_MQTT__PORT): expected an integer, got 'abc'" in text
 
 
+@pytest.mark.parametrize("value, expected", [("zh,en", ["zh", "en"]), ("zh, en", ["zh", "en"]), ("zh", ["zh"]),
+                                             ("[zh, en]", ["zh", "en"]), ("", []), ("zh,,en,", ["zh", "en"])])
+def test_list_settings_from_the_environment_take_commas_as_the_cli_does(value, expected):
+    """STT_AGENT_RECOGNIZER__ALLOWED_LANGUAGES=zh,en, as --allowed-languages zh,en; a YAML list works too."""
+    from agent.config_schema import load_settings
+
+    env = {"STT_AGENT_RECOGNIZER__ALLOWED_LANGUAGES": value, "STT_AGENT_RECOGNIZER__PROVIDERS": "cuda,cpu"}
+    recognizer = load_settings(Settings, None, env=env).recognizer
+    assert (recognizer.allowed_languages, recognizer.providers) == (expected, ["cuda", "cpu"])
+
+
+def test_a_bad_item_of_a_list_from_the_environment_is_named():
+    from agent.config_schema import load_settings
+
+    with pytest.raises(ConfigError) as info:
+        load_settings(Settings, None, env={"STT_AGENT_RECOGNIZER__ALLOWED_LANGUAGES": "zh,fr"})
+    assert info.value.problems == ["(defaults): recognizer.allowed_languages (from environment "
+                                   "STT_AGENT_RECOGNIZER__ALLOWED_LANGUAGES): 'fr' is not one of: zh, en, yue, ja, ko"]
+
+
 def test_importing_the_settings_leaves_the_runtime_parts_unimported():
     # transcribe's start-up: each part's settings module without its package's sources, VAD or yaml.
     code = ("import sys, agent.settings; "

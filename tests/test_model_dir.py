@@ -124,3 +124,52 @@ def test_vocabulary_without_sensevoice_tags(tmp_path):
     text = (tmp_path / "tokens.txt").read_text(encoding="utf-8").replace("<|en|>", "<|xx|>")
     (tmp_path / "tokens.txt").write_text(text, encoding="utf-8")
     assert "no language tag <|en|>" in error_of(tmp_path)
+
+
+def test_the_model_file_itself_names_the_directory_and_the_file(tmp_path):
+    """--model dir/model.onnx as sherpa-onnx's tools take it: that file, not the one auto would pick."""
+    tm.write_sherpa(tmp_path)
+    shutil.copy(tmp_path / "model.int8.onnx", tmp_path / "model.onnx")
+    files = locate(tmp_path / "model.onnx", "auto", "cpu")
+    assert (files.directory, files.onnx, files.precision) == (tmp_path, tmp_path / "model.onnx", "fp32")
+    assert files.tokens == tmp_path / "tokens.txt"
+    assert locate(tmp_path / "model.int8.onnx", "int8", "gpu").onnx.name == "model.int8.onnx"
+    loaded = load(tmp_path / "model.onnx")
+    assert (loaded.info["model_dir"], loaded.info["model_file"]) == (str(tmp_path), "model.onnx")
+    tm.write_funasr(tmp_path / "funasr", model_name="model_quant.onnx")
+    assert locate(tmp_path / "funasr" / "model_quant.onnx").precision == "int8"
+    shutil.copy(tmp_path / "model.onnx", tmp_path / "my-export.fp16.onnx")
+    assert locate(tmp_path / "my-export.fp16.onnx").precision == "fp16"  # a name of one's own: by its words
+
+
+def test_the_model_file_and_another_precision(tmp_path):
+    tm.write_sherpa(tmp_path)
+    assert error_of(tmp_path / "model.int8.onnx", precision="fp32") == (
+        f"{tmp_path / 'model.int8.onnx'} is the int8 model, but precision fp32 was asked for: give the fp32 model "
+        "file, its directory, or precision auto")
+
+
+def test_a_model_file_that_is_missing_or_not_onnx(tmp_path):
+    tm.write_sherpa(tmp_path)
+    missing = tmp_path / "model.fp16.onnx"
+    assert error_of(missing).startswith(f"model file {missing} does not exist")
+    assert error_of(tmp_path / "tokens.txt").startswith(
+        f"{tmp_path / 'tokens.txt'} is a file, not a model directory or its .onnx model file")
+
+
+def test_empty_tokens_file_says_it_is_empty(tmp_path):
+    tm.write_sherpa(tmp_path)
+    (tmp_path / "tokens.txt").write_text("", encoding="utf-8")
+    assert error_of(tmp_path) == (f"{tmp_path / 'tokens.txt'}: the tokens file is empty (expected a 'piece id' line "
+                                  "per token, as sherpa-onnx's export writes it: download it again)")
+    tm.write_funasr(tmp_path / "funasr")
+    (tmp_path / "funasr" / "tokens.json").write_text("[]", encoding="utf-8")
+    assert "the tokens file is an empty list" in error_of(tmp_path / "funasr")
+
+
+def test_a_gap_in_the_token_ids_is_named(tmp_path):
+    tm.write_sherpa(tmp_path)
+    lines = (tmp_path / "tokens.txt").read_text(encoding="utf-8").splitlines()
+    (tmp_path / "tokens.txt").write_text("\n".join(lines[:5] + lines[6:]) + "\n", encoding="utf-8")
+    message = error_of(tmp_path)
+    assert f"token ids are not 0..{len(lines) - 2} without gaps (no id 5; the largest is {len(lines) - 1})" in message

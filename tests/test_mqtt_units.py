@@ -96,6 +96,26 @@ def test_password_never_in_repr_and_read_from_file_or_env(tmp_path, monkeypatch)
         read_password(MqttSettings(username="u", password_file=str(tmp_path / "nope")))
 
 
+def test_a_password_file_everyone_can_read_is_warned_about_once(tmp_path, caplog):
+    import logging
+
+    from agent.mqtt.connection import read_password
+
+    shared = tmp_path / "pw"
+    shared.write_text("s3cret\n")
+    shared.chmod(0o644)
+    private = tmp_path / "pw-private"
+    private.write_text("s3cret\n")
+    private.chmod(0o600)
+    with caplog.at_level(logging.WARNING, logger="agent.mqtt.connection"):
+        for _ in range(3):  # check-config, the client, a reload's client
+            assert read_password(MqttSettings(username="u", password_file=str(shared))) == "s3cret"
+        assert read_password(MqttSettings(username="u", password_file=str(private))) == "s3cret"
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [f"mqtt.password_file: {shared} is readable by every user of this machine (mode 644); "
+                        f"chmod 600 {shared} (owned by the agent's user)"]
+
+
 VALID = [
     {"command": "mute"}, {"command": "unmute", "id": 7}, {"command": "health"}, {"command": "clear_language"},
     {"command": "set_language", "language": "en"}, {"command": "set_language", "allowed_languages": ["zh", "en"]},
@@ -375,3 +395,32 @@ def test_discovery_configs():
     text = json.loads(msgs["homeassistant/sensor/kiosk_1/last_text/config"])
     assert text["value_template"] == "{{ value_json.text[:255] }}" and text["json_attributes_topic"].endswith("final")
     assert json.loads(msgs["homeassistant/event/kiosk_1/speech/config"])["event_types"] == ["final"]
+
+
+# The keys of Home Assistant's MQTT discovery schema (the MQTT integration's documentation: entity options of
+# sensor, event and binary_sensor, the shared availability, device and origin blocks) that these configs use.
+HA_KEYS = {
+    "common": {"name", "icon", "unique_id", "default_entity_id", "object_id", "state_topic", "value_template",
+               "json_attributes_topic", "json_attributes_template", "availability_topic", "payload_available",
+               "payload_not_available", "device", "origin"},
+    "event": {"event_types"},
+    "binary_sensor": {"device_class"},
+    "sensor": set(),
+}
+
+
+def test_discovery_names_entities_by_default_entity_id_keeping_object_id_for_older_home_assistants():
+    """HA 2025.10 deprecated object_id and Core 2026.4 ignores it: default_entity_id is <component>.<object id>;
+    object_id stays for older versions (2025.10+ takes default_entity_id when both are given, without a warning)."""
+    msgs = dict(discovery_messages(Topics("stt-agent", "kiosk.1"), "homeassistant", "", "0.1.0"))
+    ids = set()
+    for topic, payload in msgs.items():
+        prefix, component, node, object_id, config_word = topic.split("/")
+        config = json.loads(payload)
+        assert config["default_entity_id"] == f"{component}.stt_agent_kiosk_1_{object_id}"
+        assert config["object_id"] == config["unique_id"] == f"stt_agent_kiosk_1_{object_id}"
+        assert set(config) <= HA_KEYS["common"] | HA_KEYS[component], set(config) - HA_KEYS["common"]
+        ids.add(config["default_entity_id"])
+    assert ids == {"sensor.stt_agent_kiosk_1_last_text", "sensor.stt_agent_kiosk_1_emotion",
+                   "sensor.stt_agent_kiosk_1_language", "event.stt_agent_kiosk_1_speech",
+                   "binary_sensor.stt_agent_kiosk_1_listening"}

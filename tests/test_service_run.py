@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -164,3 +165,93 @@ def test_serve_with_only_wyoming_keeps_the_watchdog_fed_while_no_device_speaks(t
     assert pings[-1] > ready_at + 5.5
     assert not any("stalled" in m for _, m in messages)
     assert verdict[0] == 0 and verdict[1].startswith("healthy: running"), verdict
+
+
+def _wait_healthy(config, env, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        proc = subprocess.run([sys.executable, "-m", "agent", "health", "--config", str(config)], capture_output=True,
+                              text=True, cwd=ROOT, env=env, timeout=30)
+        if proc.returncode == 0 or time.monotonic() > deadline:
+            return proc.returncode, proc.stdout.strip()
+        time.sleep(0.3)
+
+
+def test_two_agents_in_one_directory_keep_their_own_health_files(tmp_path):
+    """health_file: auto for both, one shared directory (two instances of a unit, or /run/stt-agent): each agent
+    writes its own file, and `stt-agent health --config X` reports X's agent, not whichever wrote last."""
+    model = tm.write_sherpa(tmp_path / "model")
+    shared = tmp_path / "run"
+    shared.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RUNTIME_DIRECTORY": str(shared),
+           "STT_AGENT_WATCHDOG__STATUS_INTERVAL_S": "1"}
+    configs, procs = [], []
+    for name in ("a", "b"):
+        fifo = tmp_path / f"{name}.fifo"
+        os.mkfifo(fifo)  # nobody writes: each agent waits for a writer, which is not a stall
+        config = tmp_path / f"{name}.yaml"
+        config.write_text(f"recognizer:\n  model_dir: {model}\naudio:\n  input: {fifo}\nvad:\n  kind: energy\n",
+                          encoding="utf-8")
+        configs.append(config)
+        procs.append(subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env))
+    try:
+        for config in configs:
+            code, line = _wait_healthy(config, env)
+            assert code == 0 and line.startswith("healthy: running"), line
+        assert len(list(shared.glob("health-*.json"))) == 2
+        procs[0].send_signal(signal.SIGTERM)
+        procs[0].communicate(timeout=20)
+        assert procs[0].returncode == 0
+        code, line = _wait_healthy(configs[0], env, timeout=0)
+        assert code == 1 and line.startswith(f"unhealthy: no health file at {shared}/health-"), line
+        code, line = _wait_healthy(configs[1], env, timeout=0)
+        assert code == 0, line  # the other agent is still running, and says so
+        procs[1].send_signal(signal.SIGTERM)
+        procs[1].communicate(timeout=20)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert list(shared.glob("health-*.json")) == []  # a stopped agent has no health to report
+
+
+def test_the_auto_health_file_is_one_per_config(tmp_path, monkeypatch):
+    from agent.service import health_file
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.yaml").write_text("", encoding="utf-8")
+    run_dir = tmp_path / "run"
+    monkeypatch.setattr(health_file, "RUN_DIR", str(run_dir))  # the service's directory, not this box's
+    user = {"XDG_RUNTIME_DIR": str(tmp_path / "xdg")}
+    (tmp_path / "xdg").mkdir()
+    mine = health_file.resolve("auto", user, "config.yaml")
+    assert mine == tmp_path / "xdg" / "stt-agent" / health_file.instance_name(tmp_path / "config.yaml")
+    assert (mine.parent.stat().st_mode & 0o777) == 0o700
+    assert health_file.resolve("auto", user, str(tmp_path / "config.yaml")) == mine  # one file, however spelt
+    assert health_file.resolve("auto", user, "other.yaml") != mine
+    assert health_file.resolve("auto", user, None) != mine  # the built-in defaults: an instance of their own
+    assert health_file.resolve("auto", {"RUNTIME_DIRECTORY": "/r/x:/r/y"}, "config.yaml") == Path("/r/x") / mine.name
+    assert health_file.resolve("", user, "config.yaml") is None
+    assert health_file.resolve("/srv/h.json", user, "config.yaml") == Path("/srv/h.json")
+    # The service wrote into its RuntimeDirectory; an operator's `stt-agent health` has no such variable.
+    run_dir.mkdir()
+    service = health_file.resolve("auto", {"RUNTIME_DIRECTORY": str(run_dir)}, "config.yaml")
+    health_file.write(service, {"state": "running", "updated": time.time(), "period_s": 5})
+    assert health_file.resolve("auto", user, "config.yaml", reading=True) == service
+    assert not health_file.resolve("auto", user, "other.yaml", reading=True).exists()  # not the service's file
+
+
+def test_a_directory_planted_under_tmp_is_not_written_into(tmp_path):
+    """/tmp/stt-agent-<uid> is anyone's to create first: a symlink, or another user's directory, is passed over."""
+    from agent.service import health_file
+
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path)
+    assert not health_file._usable(link, True, create=True)
+    own = tmp_path / "own"
+    assert health_file._usable(own, True, create=True) and own.is_dir()
+    if os.getuid() == 0:  # only root can hand a directory to another user
+        os.chown(own, 12345, 12345)
+        assert not health_file._usable(own, True, create=True)

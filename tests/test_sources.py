@@ -22,6 +22,7 @@ from agent.audio.stdin_source import FifoSource
 from agent.audio.blocks import BlockReader
 from agent.audio_file import AudioFileError, load_audio
 from agent.config_schema import build
+from agent.errors import UnavailableError
 
 
 def write_wav(path, samples, rate=16000, channels=1):
@@ -414,7 +415,7 @@ def fake_mic(tmp_path, monkeypatch):
         pytest.skip("needs ALSA (Linux) for a capture device without hardware")
     try:
         devices.portaudio()
-    except RuntimeError as exc:
+    except UnavailableError as exc:
         pytest.skip(f"PortAudio unavailable: {exc}")
     monkeypatch.setenv("ALSA_CONFIG_PATH", str(tmp_path / "asound.conf"))
     mics = []

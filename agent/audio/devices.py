@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 
 from agent.audio.blocks import RATE
+from agent.errors import UnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -17,13 +18,22 @@ class DeviceUnavailable(Exception):
 
 
 def portaudio():
-    """The sounddevice module, or a RuntimeError that says what to install."""
+    """The sounddevice module, or an UnavailableError (exit 69) that says what to install."""
     try:
         import sounddevice
-    except (ImportError, OSError) as exc:  # OSError: the module is there, libportaudio is not
-        raise RuntimeError(f"microphone input needs PortAudio: apt-get install libportaudio2 and "
-                           f"pip install sounddevice ({exc})") from exc
+    except OSError as exc:  # the module is there, the PortAudio library is not (sounddevice raises OSError)
+        raise UnavailableError(f"microphone input (audio.input: mic) needs the PortAudio library, which this "
+                               f"system lacks ({_first_line(exc)}): sudo apt-get install libportaudio2; files, "
+                               f"stdin, named pipes and serve work without it") from None
+    except ImportError as exc:
+        raise UnavailableError(f"microphone input (audio.input: mic) needs the sounddevice package "
+                               f"({_first_line(exc)}): pip install sounddevice, and sudo apt-get install "
+                               f"libportaudio2") from None
     return sounddevice
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def refresh_devices() -> None:

@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import ssl
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def read_password(settings) -> str | None:
@@ -35,6 +38,7 @@ def read_password(settings) -> str | None:
         lines = text.splitlines()
         if not lines or not lines[0]:
             raise ConfigError(f"mqtt.password_file: {path} is empty (the password is its first line)")
+        _warn_if_readable_by_others(path)
         return lines[0]
     if settings.password_env:
         value = os.environ.get(settings.password_env)
@@ -42,6 +46,22 @@ def read_password(settings) -> str | None:
             raise ConfigError(f"mqtt.password_env: the environment variable {settings.password_env} is not set")
         return value
     return None
+
+
+_WARNED_READABLE: set = set()  # one warning per password file per process, however often it is read
+
+
+def _warn_if_readable_by_others(path: Path) -> None:
+    """Once per file: a password file every user of the box can read gives the broker password away."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if mode & stat.S_IROTH and str(path) not in _WARNED_READABLE:
+        _WARNED_READABLE.add(str(path))
+        log.warning("mqtt.password_file: %s is readable by every user of this machine (mode %03o); "
+                    "chmod 600 %s (owned by the agent's user)", path, stat.S_IMODE(mode), path,
+                    extra={"EVENT": "password_file_readable"})
 
 
 def tls_context(tls) -> ssl.SSLContext:
@@ -60,8 +80,6 @@ def tls_context(tls) -> ssl.SSLContext:
         ctx.verify_mode = ssl.CERT_NONE
     return ctx
 
-
-log = logging.getLogger(__name__)
 
 
 class SupervisedClient(mqtt.Client):

@@ -2,6 +2,8 @@
 
 Each entity is a retained config message under <discovery_prefix>/<component>/<node>/<object>/config;
 states come from the agent's normal topics through value templates, so nothing is published twice.
+Its entity id is `default_entity_id` (e.g. sensor.stt_agent_kiosk_1_emotion), the key Home Assistant
+reads since 2025.10; `object_id` stays beside it for older versions.
 """
 
 from __future__ import annotations
@@ -50,8 +52,12 @@ def discovery_messages(topics: Topics, prefix: str, name: str, version: str) -> 
     ]
     out = []
     for component, object_id, config in entities:
-        payload = {**config, "unique_id": f"stt_agent_{node}_{object_id}",
-                   "object_id": f"stt_agent_{node}_{object_id}", **common}
+        entity = f"stt_agent_{node}_{object_id}"
+        # default_entity_id (domain.object) is how Home Assistant 2025.10+ names the entity; object_id is
+        # deprecated there and ignored from Core 2026.4, but older Home Assistants read only object_id.
+        # With both present, 2025.10+ takes default_entity_id and logs no deprecation warning.
+        payload = {**config, "unique_id": entity, "default_entity_id": f"{component}.{entity}",
+                   "object_id": entity, **common}
         out.append((f"{prefix}/{component}/{node}/{object_id}/config",
                     json.dumps(payload, ensure_ascii=False).encode("utf-8")))
     return out

@@ -133,6 +133,20 @@ class Decoder:
         return float(np.mean(_top_posteriors(logits, np.arange(len(best)), best)))
 
 
+# What SenseVoice itself answers for silence (<|nospeech|><|EMO_UNKNOWN|><|Event_UNK|>), for audio with no
+# samples at all (a 0-sample WAV): decoding the frame of zeros the frontend pads it to said en/happy/speech.
+NOTHING_HEARD = ("nospeech", "emo_unknown", "event_unk")
+
+
+def nothing_heard(options: DecodeOptions, duration: float) -> Recognition:
+    """No audio to decode: empty text, and labels (each with score 1) that say nothing was heard."""
+    language, emotion, event = NOTHING_HEARD
+    emotion = options.emotion_map.get(emotion, emotion)
+    return Recognition(text="", language=language, language_scores={language: 1.0}, emotion=emotion,
+                       emotion_scores={emotion: 1.0}, event=event, event_scores={event: 1.0},
+                       confidence=1.0, tokens=[], duration=duration)
+
+
 _CHUNK = 32  # rows per step: a (32, 25055) float32 scratch is 3 MB, not a copy of every frame
 
 

@@ -61,10 +61,20 @@ class Contract:
 
 
 def locate(directory, precision: str = "auto", device: str = "cpu") -> ModelFiles:
-    """Detect the export flavour and pick the model file; name exactly what is missing."""
+    """Detect the export flavour and pick the model file; name exactly what is missing.
+
+    `directory` may also be the model file itself (--model dir/model.int8.onnx, as sherpa-onnx's tools
+    take it): the directory is its parent and that file is the one loaded.
+    """
     directory = Path(directory)
-    if not directory.is_dir():
-        raise ModelError(f"model directory {directory} does not exist; {FETCH_HINT}")
+    chosen_file = None
+    if directory.is_file():
+        if directory.suffix != ".onnx":
+            raise ModelError(f"{directory} is a file, not a model directory or its .onnx model file; {FETCH_HINT}")
+        chosen_file, directory = directory, directory.parent
+    elif not directory.is_dir():
+        what = "model file" if directory.suffix == ".onnx" else "model directory"
+        raise ModelError(f"{what} {directory} does not exist; {FETCH_HINT}")
     has = lambda name: (directory / name).is_file()  # noqa: E731
     if has("tokens.txt"):
         flavour = SHERPA
@@ -75,7 +85,10 @@ def locate(directory, precision: str = "auto", device: str = "cpu") -> ModelFile
             f"{directory}: not a SenseVoice model directory: expected tokens.txt + model.int8.onnx or model.onnx "
             f"(sherpa-onnx export), or am.mvn + config.yaml + model_quant.onnx or model.onnx + tokens.json or "
             f"{BPE_MODEL} (FunASR export); {FETCH_HINT}")
-    onnx, chosen = _pick_model_file(directory, flavour, precision, device)
+    if chosen_file is not None:
+        onnx, chosen = chosen_file, _precision_of(chosen_file, flavour, precision)
+    else:
+        onnx, chosen = _pick_model_file(directory, flavour, precision, device)
     if flavour == SHERPA:
         return ModelFiles(flavour, directory, onnx, chosen, directory / "tokens.txt")
     for name in ("am.mvn", "config.yaml"):
@@ -101,6 +114,19 @@ def _pick_model_file(directory: Path, flavour: str, precision: str, device: str)
             return path, candidate
     wanted = " or ".join(names[p] for p in AUTO_ORDER[device][:2])
     raise ModelError(f"{directory}: missing {wanted} (the {flavour} export's model file)")
+
+
+def _precision_of(onnx: Path, flavour: str, precision: str) -> str:
+    """The precision of a model file named directly: by its export's name for it, else by its name's words."""
+    known = {name: p for p, name in MODEL_FILES[flavour].items()}
+    found = known.get(onnx.name)
+    if found is None:
+        lower = onnx.name.lower()
+        found = "int8" if ("int8" in lower or "quant" in lower) else "fp16" if "fp16" in lower else "fp32"
+    if precision not in ("auto", found):
+        raise ModelError(f"{onnx} is the {found} model, but precision {precision} was asked for: give the "
+                         f"{precision} model file, its directory, or precision auto")
+    return found
 
 
 def load_vocabulary(files: ModelFiles) -> Vocabulary:

@@ -10,7 +10,7 @@ import numpy as np
 
 from agent.errors import ModelError
 from agent.recognizer.cancel import CancelToken, DecodeCancelled
-from agent.recognizer.decoding import PROMPT_FRAMES, Decoder, DecodeOptions, decode_batch
+from agent.recognizer.decoding import PROMPT_FRAMES, Decoder, DecodeOptions, decode_batch, nothing_heard
 from agent.recognizer.frontend import SAMPLE_RATE, Frontend
 from agent.recognizer.model_dir import load_vocabulary, locate, read_contract
 from agent.recognizer.result import Recognition
@@ -91,9 +91,22 @@ class SenseVoiceRecognizer:
         language and ITN prompt, so streams with different settings share a batch.
         """
         per_item = self._per_item(options, len(segments))
-        logits, lengths = self.logits(segments, per_item, cancel)
         durations = [len(s) / SAMPLE_RATE for s in segments]
-        return decode_batch(self.decoder, logits, lengths, per_item, durations, offsets)
+        offsets = list(offsets or [0.0] * len(segments))
+        heard = [i for i, s in enumerate(segments) if len(s)]
+        if heard and len(heard) == len(segments):
+            logits, lengths = self.logits(segments, per_item, cancel)
+            return decode_batch(self.decoder, logits, lengths, per_item, durations, offsets)
+        # No samples at all (a 0-sample WAV): the frontend's padding would give the model one frame of
+        # zeros, whose tags answer only the prompts. No model run; nothing_heard says so.
+        results = [nothing_heard(o, d) for o, d in zip(per_item, durations)]
+        if heard:
+            logits, lengths = self.logits([segments[i] for i in heard], [per_item[i] for i in heard], cancel)
+            decoded = decode_batch(self.decoder, logits, lengths, [per_item[i] for i in heard],
+                                   [durations[i] for i in heard], [offsets[i] for i in heard])
+            for i, result in zip(heard, decoded):
+                results[i] = result
+        return results
 
     def _per_item(self, options, n: int) -> List[DecodeOptions]:
         if options is None or isinstance(options, DecodeOptions):

@@ -87,8 +87,13 @@ def load_tokens_txt(path: Path) -> Vocabulary:
         if not token_id.isdigit():
             raise ModelError(f"{path}:{number}: expected 'piece id', got {line!r}")
         pieces[int(token_id)] = piece
-    if not pieces or sorted(pieces) != list(range(len(pieces))):
-        raise ModelError(f"{path}: token ids are not 0..{len(pieces) - 1} without gaps")
+    if not pieces:
+        raise ModelError(f"{path}: the tokens file is empty (expected a 'piece id' line per token, as "
+                         "sherpa-onnx's export writes it: download it again)")
+    if sorted(pieces) != list(range(len(pieces))):
+        missing = next(i for i in range(len(pieces) + 1) if i not in pieces)
+        raise ModelError(f"{path}: token ids are not 0..{len(pieces) - 1} without gaps (no id {missing}; "
+                         f"the largest is {max(pieces)})")
     return Vocabulary([pieces[i] for i in range(len(pieces))], str(path))
 
 
@@ -100,6 +105,9 @@ def load_tokens_json(path: Path) -> Vocabulary:
         raise ModelError(f"{path}: cannot read tokens file: {exc}") from None
     if not isinstance(pieces, list) or not all(isinstance(p, str) for p in pieces):
         raise ModelError(f"{path}: expected a JSON list of token strings")
+    if not pieces:
+        raise ModelError(f"{path}: the tokens file is an empty list (FunASR's export lists every token: "
+                         "download it again)")
     return Vocabulary(pieces, str(path))
 
 

@@ -1,4 +1,4 @@
-"""Settings of the service layer: logging and the watchdog (the lead wires them into agent.settings)."""
+"""Settings of the service layer: logging and the watchdog (agent.settings puts them in the config)."""
 
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ class WatchdogSettings:
         5.0, "Shortest time between two status lines sent to systemd (`systemctl status`).", min=0.5, max=600.0)
     health_file: str = setting(
         "auto", "A file the agent rewrites every few seconds with its health, which `stt-agent health` (a "
-                "container HEALTHCHECK, a Kubernetes probe) reads: auto = $RUNTIME_DIRECTORY/health.json under "
-                "systemd, else /run/stt-agent/health.json if that directory is writable, else "
-                "/tmp/stt-agent-health.json; empty = none.")
+                "container HEALTHCHECK, a Kubernetes probe) reads. auto = one file per agent, "
+                "health-<id>.json with <id> from the config file's path (so `stt-agent health` with the same "
+                "config finds it), in $RUNTIME_DIRECTORY under systemd, else /run/stt-agent if writable, else "
+                "$XDG_RUNTIME_DIR/stt-agent, else /tmp/stt-agent-<uid>; a path = that file; empty = none.")

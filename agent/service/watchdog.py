@@ -227,13 +227,13 @@ class Watchdog:
 
     @classmethod
     def from_settings(cls, progress: Progress, settings, notifier: Notifier | None = None,
-                      status: StatusSource | None = None) -> Watchdog:
-        """From a `WatchdogSettings` (agent.service.settings)."""
+                      status: StatusSource | None = None, config_path: str | None = None) -> Watchdog:
+        """From a `WatchdogSettings` (agent.service.settings); `config_path` names the instance's health file."""
         from agent.service import health_file
 
         return cls(progress, notifier, status=status, audio_timeout_s=settings.audio_timeout_s,
                    decode_timeout_s=settings.decode_timeout_s, status_interval_s=settings.status_interval_s,
-                   health_file=health_file.resolve(settings.health_file))
+                   health_file=health_file.resolve(settings.health_file, config_path=config_path))
 
     # --- lifecycle --------------------------------------------------------------------------
     def start(self) -> Watchdog:
