@@ -220,6 +220,10 @@ class Agent:
             sink.close()
         if self.watchdog is not None:
             self.watchdog.stop()
+        # Done: a second SIGTERM now (systemd, a test harness, an impatient user) would land while the
+        # interpreter finalizes, which restores the default action and turns a clean exit into -15.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, signal.SIG_IGN)
         return drained
 
     # ------------------------------------------------------------------ while running
