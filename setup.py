@@ -33,6 +33,7 @@ setup(
         "opuslib-next>=1.1",  # Opus frames from devices; a ctypes binding to libopus (apt: libopus0)
         "wyoming>=1.7",  # Home Assistant's speech-to-text protocol (transcript streaming came in 1.7)
         "zeroconf>=0.120",  # announces the Wyoming service on the local network
+        "prometheus-client>=0.17",  # GET /metrics on the server's port (agent/server/metrics.py)
     ],
     extras_require={
         "cpu": ["onnxruntime>=1.17"],

@@ -184,7 +184,9 @@ class Agent:
         self.network = NetworkLoop(s, self.recognizer, self.decoder, self.session,
                                    sinks=[self.publisher] if self.publisher is not None else [],
                                    device_status=self.publisher.device_status if self.publisher else None,
-                                   progress=self.progress)
+                                   progress=self.progress, publisher=self.publisher)
+        if self.network.metrics is not None:
+            self.emitter.attach(self.network.metrics.events)  # the microphone's events and finals, too
         self.network.start()
 
     def _listen(self) -> bool:

@@ -44,6 +44,8 @@ def test_variants_differ_only_in_base_and_onnxruntime(variant, base, ort):
 
 def test_the_image_is_healthchecked_and_not_root():
     text = (DOCKER / "Dockerfile").read_text(encoding="utf-8")
-    assert re.search(r"^HEALTHCHECK .*\n\s+CMD \[\"/opt/stt-agent/venv/bin/stt-agent\", \"health\"\]", text, re.M)
+    # /healthz where the server listens, else the health file (agent/server/probes.py)
+    assert re.search(r"^HEALTHCHECK .*\n\s+CMD \[\"/opt/stt-agent/venv/bin/python\", \"-m\", \"agent.server.probes\"\]",
+                     text, re.M)
     users = re.findall(r"^USER (\S+)", text, re.M)
     assert users and users[-1] not in ("root", "0")

@@ -28,9 +28,12 @@ from agent import settings as agent_settings
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy" / "kubernetes"
 OVERLAYS = ("cpu", "jetson")
+# Rendered and validated like the overlays: the device plugin, and `serve` for many devices.
+OTHERS = ("audio-device-plugin", "server")
 # The oldest Kubernetes the manifests promise to work with; k3s releases for JetPack 6 are newer.
 SCHEMA_VERSION = "1.30"
 DUMMY_PASSWORD = "not-a-real-password\n"
+DUMMY_TOKENS = "# devices\nnot-a-real-token-0123456789abcdef\n"
 
 kubernetes_validate = pytest.importorskip(
     "kubernetes_validate", reason="kubernetes-validate is not installed (pip install -e '.[test]')")
@@ -221,13 +224,13 @@ def tree(tmp_path_factory):
     copy_root = tmp_path_factory.mktemp("kubernetes")
     shutil.copytree(DEPLOY, copy_root, dirs_exist_ok=True)
     (copy_root / "base" / "mqtt-password").write_text(DUMMY_PASSWORD, encoding="utf-8")
+    (copy_root / "server" / "tokens").write_text(DUMMY_TOKENS, encoding="utf-8")
     return copy_root
 
 
 @pytest.fixture(scope="module")
 def rendered(tree):
-    return {name: render(tree / "overlays" / name) for name in OVERLAYS} | \
-        {"audio-device-plugin": render(tree / "audio-device-plugin")}
+    return {name: render(tree / "overlays" / name) for name in OVERLAYS} | {name: render(tree / name) for name in OTHERS}
 
 
 def one(objects, kind, name_prefix=""):
@@ -252,7 +255,7 @@ def test_kustomize_hash_matches_a_known_suffix():
     assert kustomize_hash(secret) == "k695gkmbtk"
 
 
-@pytest.mark.parametrize("name", OVERLAYS + ("audio-device-plugin",))
+@pytest.mark.parametrize("name", OVERLAYS + OTHERS)
 def test_every_object_validates_against_the_api_schema(rendered, name):
     for obj in rendered[name]:
         try:
@@ -371,6 +374,52 @@ def test_jetson_overlay_uses_the_nvidia_runtime_on_jetsons_only(rendered):
     assert "runtimeClassName" not in cpu_pod and "nodeSelector" not in cpu_pod
 
 
+def test_the_server_is_probed_over_http_and_finds_its_tokens(rendered, tmp_path, monkeypatch):
+    """deploy/kubernetes/server: `serve` answers /healthz and /readyz on the port its config names."""
+    objects = rendered["server"]
+    deployment = one(objects, "Deployment", "stt-agent-server")
+    assert deployment["metadata"]["namespace"] == "stt-agent"
+    pod = deployment["spec"]["template"]["spec"]
+    container = agent_container(deployment)
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    cm = one(objects, "ConfigMap", volumes["config"]["configMap"]["name"])
+    assert container["args"] == ["serve", "--config", f"{mount_for(container, 'config')['mountPath']}/config.yaml"]
+    path = tmp_path / "config.yaml"
+    path.write_text(cm["data"]["config.yaml"], encoding="utf-8")
+    for var in [v for v in os.environ if v.startswith("STT_AGENT_")]:
+        monkeypatch.delenv(var)
+    config = agent_settings.load(path)  # the agent's own validator
+    (port,) = [p["containerPort"] for p in container["ports"] if p["name"] == "http"]
+    assert (config.server.enabled, config.server.host, config.server.port) == (True, "0.0.0.0", port)
+    assert config.server.metrics.enabled and not config.server.metrics.per_device_labels
+    for probe, probe_path in (("startupProbe", "/healthz"), ("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        assert container[probe]["httpGet"] == {"path": probe_path, "port": "http"}, probe
+    startup, liveness = container["startupProbe"], container["livenessProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 180  # TimeoutStartSec=180
+    assert liveness["periodSeconds"] * liveness["failureThreshold"] <= 30  # WatchdogSec=30
+    template = deployment["spec"]["template"]["metadata"]
+    assert template["annotations"]["prometheus.io/port"] == str(port)
+    assert template["annotations"]["prometheus.io/path"] == "/metrics"
+    service = one(objects, "Service", "stt-agent-server")
+    assert service["spec"]["selector"].items() <= template["labels"].items()
+    assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(port, "http")]
+    secret = one(objects, "Secret", volumes["tokens"]["secret"]["secretName"])
+    mount = mount_for(container, "tokens")
+    assert mount["readOnly"] is True and config.server.tokens_file == f"{mount['mountPath']}/tokens"
+    assert base64.b64decode(secret["data"]["tokens"]).decode() == DUMMY_TOKENS
+    assert volumes["tokens"]["secret"]["defaultMode"] == 0o440 and pod["securityContext"]["fsGroup"] == 10001
+    sc = pod["securityContext"]
+    assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 10001 and sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False and not pod.get("hostNetwork")
+    for each in pod["containers"] + pod["initContainers"]:
+        csc = each["securityContext"]
+        assert csc["allowPrivilegeEscalation"] is False and csc["readOnlyRootFilesystem"] is True
+        assert csc["capabilities"] == {"drop": ["ALL"]} and not csc.get("privileged")
+    fetch = next(c for c in pod["initContainers"] if c["name"] == "fetch-model")
+    assert Path(config.recognizer.model_dir).name == fetch["args"][2]
+    assert config.recognizer.model_dir.startswith(mount_for(container, "models")["mountPath"] + "/")
+
+
 def test_a_config_change_renames_the_config_map(tree, tmp_path):
     """The hash suffix is what rolls the DaemonSet out when config.yaml changes."""
     changed = tmp_path / "kubernetes"
@@ -384,11 +433,13 @@ def test_a_config_change_renames_the_config_map(tree, tmp_path):
     assert names[0] != names[1] and all(n.startswith("stt-agent-config-") for n in names)
 
 
-def test_the_password_file_is_never_committed():
-    assert "/mqtt-password" in (DEPLOY / "base" / ".gitignore").read_text().splitlines()
+@pytest.mark.parametrize("secret", ["base/mqtt-password", "server/tokens"])
+def test_the_secret_files_are_never_committed(secret):
+    directory, name = secret.split("/")
+    assert f"/{name}" in (DEPLOY / directory / ".gitignore").read_text().splitlines()
     if shutil.which("git") and (ROOT / ".git").exists():  # and git agrees (a copy without git: the line above)
-        ignored = subprocess.run(["git", "check-ignore", "-q", "deploy/kubernetes/base/mqtt-password"], cwd=ROOT)
-        assert ignored.returncode == 0, "deploy/kubernetes/base/mqtt-password must be git-ignored"
+        ignored = subprocess.run(["git", "check-ignore", "-q", f"deploy/kubernetes/{secret}"], cwd=ROOT)
+        assert ignored.returncode == 0, f"deploy/kubernetes/{secret} must be git-ignored"
 
 
 def _kustomize_command() -> list[str] | None:
@@ -399,7 +450,7 @@ def _kustomize_command() -> list[str] | None:
     return [found, "build"] if found else None
 
 
-@pytest.mark.parametrize("name", OVERLAYS + ("audio-device-plugin",))
+@pytest.mark.parametrize("name", OVERLAYS + OTHERS)
 def test_renderer_agrees_with_real_kustomize(tree, rendered, name):
     command = _kustomize_command()
     if command is None:

@@ -84,6 +84,7 @@ class DeviceRegistry:
         self._lock = threading.Lock()  # _devices is read by emitter_of from the MQTT command thread
         self._generations = itertools.count(1)
         self.admitted = 0
+        self.samples_in = 0  # audio of the streams released so far (the metrics add the live ones)
 
     # ------------------------------------------------------------------ admission
     def admit(self, device_id: Optional[str] = None) -> Optional[Admission]:
@@ -132,6 +133,8 @@ class DeviceRegistry:
         """The connection is done with the device: numbering saved, the next waiting connection goes on."""
         device = self._devices[claim.device_id]
         device.next_utterance_id = max(device.next_utterance_id, next_utterance_id)
+        if claim.stream is not None:
+            self.samples_in += claim.stream.samples_in
         if device.owner is claim:
             device.owner = None
             if self._device_status is not None and device.newest == claim.generation:

@@ -42,14 +42,17 @@ class NetworkLoop:
     """`start()` binds every socket (a taken port is a ConfigError) and returns; `stop()` finishes it all."""
 
     def __init__(self, settings, recognizer, decoder, session: str, *, sinks: list = (), device_status=None,
-                 progress=None):
+                 progress=None, publisher=None):
+        from agent.server.metrics import metrics_for
+
         self.settings = settings
         self.s = settings.server
         self.recognizer = recognizer
         self.decoder = decoder
         self.progress = progress
-        self.registry = DeviceRegistry(session, list(sinks), max_streams=self.s.max_streams,
-                                       device_status=device_status)
+        self.metrics = metrics_for(self, publisher)  # /metrics; its sink sees every device's events
+        sinks = list(sinks) + ([self.metrics.events] if self.metrics is not None else [])
+        self.registry = DeviceRegistry(session, sinks, max_streams=self.s.max_streams, device_status=device_status)
         self.connections: Dict[object, asyncio.Task] = {}  # WebSocket connections: claim -> handler task
         self.stopping = False
         self.accepted = 0
@@ -145,10 +148,17 @@ class NetworkLoop:
 
         from agent.server.gate import Gate
         from agent.server.ingest import Ingest
+        from agent.server.probes import Probes
 
         self.ingest = Ingest(self)
-        app = web.Application(middlewares=[self._started_middleware()])
+        middlewares = [self._started_middleware()]
+        if self.metrics is not None:
+            middlewares.insert(0, self.metrics.middleware)  # outermost: it sees every answer, 404s too
+        app = web.Application(middlewares=middlewares)
         app.router.add_get("/ws/stt/{device_id}", self.ingest.handle)
+        Probes(self).add_routes(app)  # no token, like /metrics: kubelet and Prometheus present none
+        if self.metrics is not None:
+            app.router.add_get("/metrics", self.metrics.handle)
         from agent.server.realtime import PATH, Realtime
 
         self.realtime = Realtime(self, self.ingest.tokens)

@@ -53,6 +53,16 @@ class WyomingSettings:
 
 
 @dataclass
+class ServerMetricsSettings:
+    enabled: bool = setting(
+        True, "Serve Prometheus metrics at GET /metrics on the server's port, without a token (as Prometheus "
+              "scrapes); /healthz and /readyz are always there. false: /metrics answers 404.")
+    per_device_labels: bool = setting(
+        False, "Label events and end-of-speech-to-final times with the device id. Off: one series per metric, "
+               "whatever the fleet; on, each device id adds series to every scrape (up to 10,000 remembered).")
+
+
+@dataclass
 class ServerHttpSettings:
     max_upload_bytes: int = setting(
         200 * 1024 * 1024, "Largest file POST /v1/audio/transcriptions takes (200 MiB: 1 h 49 min of 16 kHz 16-bit "
@@ -106,6 +116,8 @@ class ServerSettings:
     http: ServerHttpSettings = section(
         ServerHttpSettings, "OpenAI's audio API on the server's port: /v1/audio/transcriptions, /v1/models "
                             "(docs/OPENAI.md).")
+    metrics: ServerMetricsSettings = section(
+        ServerMetricsSettings, "Prometheus metrics and the /healthz, /readyz probes (docs/STREAMING.md).")
 
     def check(self):
         if self.enabled and self.auth == "token" and not self.tokens_file:

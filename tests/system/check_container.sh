@@ -81,7 +81,7 @@ pass "docker build -f docker/Dockerfile --build-arg BASE_IMAGE=$BASE_IMAGE: $BUI
 user=$(docker image inspect -f '{{.Config.User}}' "$IMAGE")
 health=$(docker image inspect -f '{{join .Config.Healthcheck.Test " "}}' "$IMAGE")
 [ "$user" = 10001 ] || fail "the image runs as '$user', not the non-root uid 10001"
-[[ "$health" == *"stt-agent health"* ]] || fail "the image's HEALTHCHECK is '$health'"
+[[ "$health" == *"-m agent.server.probes"* ]] || fail "the image's HEALTHCHECK is '$health'"
 leftovers=$(docker run --rm --user 0 --entrypoint sh "$IMAGE" -c 'find / -xdev \( -name build-ca.crt -o -path /src \) -print; ls /root/.cache 2>/dev/null' || true)
 [ -z "$leftovers" ] || fail "the image holds build-stage files: $leftovers"
 pass "image: USER $user, HEALTHCHECK $health, no build CA, sources or pip cache in it"
