@@ -12,6 +12,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from agent.recognizer.hotwords import HotwordSearch
 from agent.recognizer.result import Recognition, Token
 from agent.recognizer.vocab import EMOTION_TAGS, EVENT_TAGS, LANGUAGE_TAGS, TagSet, Vocabulary
 
@@ -28,9 +29,12 @@ class DecodeOptions:
     use_itn: bool = True
     allow_emo_unknown: bool = False
     emotion_map: Mapping[str, str] = field(default_factory=dict)  # model label -> avatar label
-    # Phrases a client asked to bias towards, (phrase, weight): Wyoming's transcript_names and terms. The
-    # greedy search does not use them; they travel with the utterance to the decoder that will.
+    # Phrases to bias towards, (phrase, weight): the config's, and a stream's own (Wyoming's transcript_names
+    # and terms, OpenAI's keywords and prompt, the WebSocket start). With any, the text comes from a prefix
+    # beam search with their context graph (hotwords.py); without, from greedy search.
     hotwords: Tuple[Tuple[str, float], ...] = ()
+    hotwords_score: float = 1.5  # bonus per matched token (times the phrase's weight), in nats
+    hotwords_beam: int = 4
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -58,11 +62,13 @@ class Decoder:
         # Tags and other <|...|> specials never belong in the text.
         self._drop = np.asarray(vocab.is_special, dtype=bool)
         self._drop[blank_id] = True
+        self.hotwords = HotwordSearch(vocab, blank_id, np.asarray(vocab.is_special, dtype=bool))
 
     def decode(self, logits: np.ndarray, options: DecodeOptions, duration: float,
                offset: float = 0.0) -> Recognition:
         """logits: (frames, vocab) for one utterance, already cut to its true length."""
-        token_ids, tokens, confidence = self._text(logits[PROMPT_FRAMES:], offset)
+        biased = self.hotwords.text(logits[PROMPT_FRAMES:], options, offset, self.seconds_per_frame)
+        token_ids, tokens, confidence, matched = biased or (*self._text(logits[PROMPT_FRAMES:], offset), [])
         text = self.vocab.detokenize(token_ids)
         language, language_scores = self._language(logits[LANGUAGE_FRAME], options, bool(text))
         emotion, emotion_scores = self._emotion(logits[EMOTION_FRAME], options)
@@ -72,7 +78,7 @@ class Decoder:
             language=language, language_scores=language_scores,
             emotion=emotion, emotion_scores=emotion_scores,
             event=event, event_scores=event_scores,
-            confidence=confidence, tokens=tokens, duration=duration,
+            confidence=confidence, tokens=tokens, duration=duration, hotwords_matched=matched,
         )
 
     def _language(self, frame, options: DecodeOptions, has_text: bool):

@@ -27,6 +27,7 @@ class Recognition:
     confidence: float  # mean token posterior; with no text, how sure the model is there was none
     tokens: List[Token] = field(default_factory=list)
     duration: float = 0.0  # seconds of audio decoded
+    hotwords_matched: List[str] = field(default_factory=list)  # phrases (as given) the biased search completed
 
     def to_dict(self, tokens: bool = True) -> dict:
         """A JSON-ready dict; probabilities to 4 decimals, times to the millisecond."""
@@ -41,6 +42,8 @@ class Recognition:
             "confidence": round(self.confidence, 4),
             "duration": round(self.duration, 3),
         }
+        if self.hotwords_matched:
+            out["hotwords_matched"] = list(self.hotwords_matched)
         if tokens:
             out["tokens"] = [{"text": t.text, "start": round(t.start, 3), "end": round(t.end, 3),
                               "prob": round(t.prob, 4)} for t in self.tokens]

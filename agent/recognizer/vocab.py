@@ -48,6 +48,7 @@ class Vocabulary:
         self.source = source
         self._ids: Dict[str, int] = {p: i for i, p in enumerate(pieces)}
         self.is_special = [p.startswith("<|") and p.endswith("|>") for p in pieces]
+        self.encode = None  # text -> pieces, where the model's own tokenizer is at hand (hotword phrases)
 
     def __len__(self):
         return len(self.pieces)
@@ -120,4 +121,6 @@ def load_bpe_model(path: Path) -> Vocabulary:
         processor.Load(str(path))
     except (OSError, RuntimeError) as exc:
         raise ModelError(f"{path}: not a readable sentencepiece model: {exc}") from None
-    return Vocabulary([processor.IdToPiece(i) for i in range(processor.GetPieceSize())], str(path))
+    vocab = Vocabulary([processor.IdToPiece(i) for i in range(processor.GetPieceSize())], str(path))
+    vocab.encode = processor.EncodeAsPieces
+    return vocab
