@@ -301,7 +301,7 @@ def test_the_built_package_carries_the_schemas_commands_are_checked_against(tmp_
     import zipfile
 
     root = Path(__file__).resolve().parent.parent
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w",
                     str(tmp_path), str(root)], check=True, capture_output=True, timeout=300)
     (wheel,) = tmp_path.glob("stt_agent-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
