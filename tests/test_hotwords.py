@@ -135,6 +135,16 @@ def test_beam_search_without_hotwords_equals_greedy_on_peaked_posteriors(frame_t
     assert matched == []
 
 
+def test_long_utterances_align_every_token():
+    # 150 tokens: 301 alignment states, past what an int8 state index holds.
+    rng = np.random.default_rng(0)
+    frame_tokens = [x for token in rng.choice(TEXT_IDS, 150) for x in (int(token), 0)]
+    logits = np.zeros((len(frame_tokens), len(PIECES)), np.float32)
+    logits[np.arange(len(frame_tokens)), frame_tokens] = 12.0
+    kept, _, _ = beam_search.best_path(logits, ContextGraph([], SCORE), 4, 0, SPECIAL)
+    assert [(k[0], k[1], k[2]) for k in kept] == [(t, 2 * i, 2 * i + 1) for i, t in enumerate(frame_tokens[::2])]
+
+
 # Phrase tokens that trail each spoken word by their boost plus 1 nat: never in the text. (The nat pays for
 # the alignments a token could take within a word's frames, which prefix search adds up: at 0.125 a phrase
 # token took the last of three frames of "turn". Over blank frames they sit at 0, as a word the model does

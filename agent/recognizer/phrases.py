@@ -120,7 +120,7 @@ class PhraseSpeller:
 
     def spellings(self, phrase: str) -> List[Tuple[int, ...]]:
         """The distinct token sequences of the phrase's case variants (empty: the vocabulary cannot spell it)."""
-        variants = [phrase, phrase.lower(), phrase[:1].upper() + phrase[1:].lower()]
+        variants = dict.fromkeys([phrase, phrase.lower(), phrase[:1].upper() + phrase[1:].lower()])
         out: List[Tuple[int, ...]] = []
         for variant in variants:
             ids = self.spell(variant)
