@@ -33,7 +33,8 @@ FLAG_OF = {"recognizer.model_dir": "--model", "recognizer.providers": "--provide
            "recognizer.precision": "--precision", "recognizer.cpu.threads": "--threads",
            "recognizer.language": "--language", "recognizer.allowed_languages": "--allowed-languages",
            "audio.input": "--input", "vad.kind": "--vad", "offline.batch_size": "--batch-size",
-           "server.host": "--host", "server.port": "--port"}
+           "server.host": "--host", "server.port": "--port", "recognizer.hotwords": "--hotwords",
+           "recognizer.hotwords_file": "--hotwords-file"}
 # numpy's import starts an OpenBLAS thread per core (60-100 ms of every start here) and nothing on
 # the audio or decode path calls BLAS. A default only: a user's own setting wins.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -105,6 +106,10 @@ def cmd_transcribe(args) -> int:
         settings.offline.batch_size = args.batch_size
     if args.vad is not None:
         settings.vad.kind = args.vad
+    if args.hotwords is not None:
+        rec_settings.hotwords = _split(args.hotwords)
+    if args.hotwords_file is not None:
+        rec_settings.hotwords_file = args.hotwords_file
     _recheck(settings)
     fmt = "json" if args.json else (args.format or "text")
     if args.json and args.format not in (None, "json"):
@@ -385,6 +390,11 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     tr.add_argument("--tokens", action="store_true", help="tokens with their start/end seconds (text and segments)")
     tr.add_argument("--batch-size", type=int, metavar="N", help="segments per model run (overrides offline.batch_size)")
     tr.add_argument("--vad", choices=("silero", "energy"), help="the VAD that cuts files into utterances")
+    tr.add_argument("--hotwords", metavar="PHRASES",
+                    help="phrases to favour, comma-separated, each 'phrase' or 'phrase:weight' (weight in (0, 10], "
+                         "default 1), e.g. \"Kitchen Light:2,dimmer\" (overrides recognizer.hotwords)")
+    tr.add_argument("--hotwords-file", metavar="FILE",
+                    help="more phrases to favour, one per line (overrides recognizer.hotwords_file)")
     quiet = tr.add_mutually_exclusive_group()
     quiet.add_argument("--quiet", action="store_true", help="no progress line on stderr")
     quiet.add_argument("--progress", action="store_true",

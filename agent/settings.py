@@ -84,6 +84,19 @@ class RecognizerSettings:
             "onto the avatar's own labels; scores of labels mapped together are summed; unmapped labels keep "
             "their name. Example for a five-class avatar: {fearful: surprised, disgusted: angry}")
     warmup: bool = setting(True, "Run one decode at load so the first utterance is not slow.")
+    hotwords: List[str] = setting(
+        [], "Phrases to favour in the text, each 'phrase' or 'phrase:weight' (weight in (0, 10], default 1): the "
+            "box's own name, its users' names, product words. They apply to every utterance; a stream's own "
+            "phrases (Wyoming transcript_names and terms, OpenAI keywords and prompt, the WebSocket start's "
+            "hotwords) are added to them. With any, the text comes from a prefix beam search biased towards "
+            "them; with none, from greedy search as before. At most 1000, each at most 200 characters.")
+    hotwords_file: str = setting(
+        "", "A UTF-8 file of more phrases, one per line ('phrase' or 'phrase:weight'; lines starting with # are "
+            "comments); empty = none.")
+    hotwords_score: float = setting(
+        1.5, "Bonus per matched token of a phrase, times its weight (log-probability, nats). Higher finds phrases "
+             "said less clearly, and puts in more that were not said.", min=0.1, max=10.0)
+    hotwords_beam: int = setting(4, "Hypotheses the biased search keeps: more is slower.", min=1, max=32)
 
     def check(self):
         """Cross-field checks; yields (key, message)."""
@@ -98,6 +111,25 @@ class RecognizerSettings:
         if self.language != "auto" and self.allowed_languages:
             yield "allowed_languages", (f"{self.allowed_languages} only applies with language: auto "
                                         f"(language is {self.language!r}); remove one of them")
+        yield from _check_hotwords(self)
+
+
+def _check_hotwords(rec: "RecognizerSettings"):
+    """Syntax and limits of the phrases (their spelling needs the model's vocabulary: checked at load)."""
+    from agent.recognizer.phrases import MAX_PHRASES, HotwordError, parse_phrase, read_phrase_file
+
+    if len(rec.hotwords) > MAX_PHRASES:
+        yield "hotwords", f"{len(rec.hotwords)} phrases; at most {MAX_PHRASES} (more go in hotwords_file)"
+    for i, item in enumerate(rec.hotwords):
+        try:
+            parse_phrase(item, "")
+        except HotwordError as exc:
+            yield f"hotwords[{i}]", str(exc)
+    if rec.hotwords_file:
+        try:
+            read_phrase_file(rec.hotwords_file)
+        except HotwordError as exc:
+            yield "hotwords_file", str(exc)
 
 
 @dataclass

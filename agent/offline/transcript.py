@@ -73,7 +73,8 @@ def whole(parts: List[TimedText], duration: float) -> Recognition:
                        language=labels["language"][0], language_scores=labels["language"][1],
                        emotion=labels["emotion"][0], emotion_scores=labels["emotion"][1],
                        event=labels["event"][0], event_scores=labels["event"][1],
-                       confidence=confidence, tokens=tokens, duration=duration)
+                       confidence=confidence, tokens=tokens, duration=duration,
+                       hotwords_matched=list(dict.fromkeys(h for p in parts for h in p.result.hotwords_matched)))
 
 
 def segment_dict(part: TimedText, tokens: bool) -> dict:

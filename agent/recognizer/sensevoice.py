@@ -8,11 +8,13 @@ from typing import List, Optional, Sequence, Union
 
 import numpy as np
 
-from agent.errors import ModelError
+from agent.errors import ConfigError, ModelError
 from agent.recognizer.cancel import CancelToken, DecodeCancelled
 from agent.recognizer.decoding import PROMPT_FRAMES, Decoder, DecodeOptions, decode_batch, nothing_heard
 from agent.recognizer.frontend import SAMPLE_RATE, Frontend
+from agent.recognizer.hotwords import configured
 from agent.recognizer.model_dir import load_vocabulary, locate, read_contract
+from agent.recognizer.phrases import HotwordError, merge
 from agent.recognizer.result import Recognition
 from agent.recognizer.runtime import create_session, device_kind
 from agent.settings import RecognizerSettings
@@ -22,9 +24,15 @@ _NUMPY_INT = {"tensor(int32)": np.int32, "tensor(int64)": np.int64}
 
 
 def default_options(settings: RecognizerSettings) -> DecodeOptions:
+    try:
+        hotwords = merge(*(phrases for _, phrases in configured(settings)))
+    except HotwordError as exc:
+        raise ConfigError(str(exc)) from None
     return DecodeOptions(language=settings.language, allowed_languages=tuple(settings.allowed_languages),
                          use_itn=settings.use_itn, allow_emo_unknown=settings.allow_emo_unknown,
-                         emotion_map={k.lower(): v for k, v in settings.emotion_map.items()})
+                         emotion_map={k.lower(): v for k, v in settings.emotion_map.items()},
+                         hotwords=hotwords, hotwords_score=settings.hotwords_score,
+                         hotwords_beam=settings.hotwords_beam)
 
 
 class SenseVoiceRecognizer:
@@ -50,6 +58,11 @@ class SenseVoiceRecognizer:
         self.decoder = Decoder(vocab, contract.frontend.seconds_per_frame, contract.blank_id)
         self.defaults = default_options(settings)
         self._check_languages(self.defaults)
+        try:  # every configured phrase spelled in this vocabulary: a typo fails the start, not a decode
+            for where, phrases in configured(settings):
+                self.decoder.hotwords.check(phrases, where)
+        except HotwordError as exc:
+            raise ConfigError(str(exc)) from None
         self.info = {"model_dir": str(files.directory), "model_file": files.onnx.name, "flavour": files.flavour,
                      "precision": files.precision, "provider": provider, "runtime": package,
                      "random_init": metadata.get("random_init") == "1",
@@ -72,6 +85,8 @@ class SenseVoiceRecognizer:
 
     def options(self, **changes) -> DecodeOptions:
         """The default options with some changed (validated against the model's languages)."""
+        if "hotwords" in changes:  # a stream's phrases add to the configured ones (the box's name stays)
+            changes["hotwords"] = merge(self.defaults.hotwords, tuple(changes["hotwords"]))
         options = DecodeOptions(**{**self.defaults.__dict__, **changes})
         self._check_languages(options)
         return options

@@ -158,7 +158,7 @@ class Ingest:
         decoder = AudioDecoder(fmt)
         net = self.net
         listener = Listener(net.segmenter(claim.first_utterance_id), claim.emitter, net.settings.pipeline, decoder=net.decoder,
-                            options=net.options(fmt.language, fmt.allowed_languages))
+                            options=net.options(fmt.language, fmt.allowed_languages, fmt.hotwords))
         stream = claim.stream = NetworkStream(claim.device_id, peer, listener)
         net.stream_opened(stream, f"{fmt.format} {fmt.sample_rate} Hz")
         try:

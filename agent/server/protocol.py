@@ -2,7 +2,8 @@
 
 Client -> server:
 - optionally first, a text frame {"type": "start", "sample_rate": 16000, "format": "s16le"|"f32le"|"opus",
-  "language": "auto", "allowed_languages": [...]} (all fields optional);
+  "language": "auto", "allowed_languages": [...], "hotwords": ["Kitchen Light:2", "dimmer"]} (all fields
+  optional; hotwords are 'phrase' or 'phrase:weight', added to recognizer.hotwords for this stream);
 - binary frames of audio in that format (default s16le, 16 kHz, mono); an Opus frame is one packet
   (16 kHz mono, 20-60 ms, as ESP32 voice devices send them);
 - text frames {"audio": "<hex of s16le 16 kHz mono>"} (the first /ws/stt clients sent these);
@@ -18,9 +19,10 @@ from typing import Tuple
 import numpy as np
 
 from agent.audio.format import RATE, Resampler, non_finite, pcm_to_float
+from agent.recognizer.phrases import HotwordError, parse_phrases
 FORMATS = ("s16le", "f32le", "opus")
 OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
-_START_FIELDS = {"type", "sample_rate", "format", "language", "allowed_languages", "channels"}
+_START_FIELDS = {"type", "sample_rate", "format", "language", "allowed_languages", "channels", "hotwords"}
 
 
 class ProtocolError(ValueError):
@@ -39,6 +41,7 @@ class StreamFormat:
     format: str = "s16le"
     language: str = "auto"
     allowed_languages: Tuple[str, ...] = ()
+    hotwords: Tuple[Tuple[str, float], ...] = ()  # (phrase, weight)
 
 
 def parse_text(text: str):
@@ -81,7 +84,14 @@ def _start(data: dict) -> StreamFormat:
     allowed = data.get("allowed_languages", [])
     if not isinstance(language, str) or not isinstance(allowed, list) or not all(isinstance(x, str) for x in allowed):
         raise ProtocolError("bad_start", "start: language is a string, allowed_languages a list of strings")
-    return StreamFormat(rate, fmt, language, tuple(allowed))
+    hotwords = data.get("hotwords", [])
+    if not isinstance(hotwords, list):
+        raise ProtocolError("bad_start", "start: hotwords is a list of strings, each 'phrase' or 'phrase:weight'")
+    try:
+        phrases = parse_phrases(hotwords, "start: hotwords")
+    except HotwordError as exc:
+        raise ProtocolError("bad_start", str(exc)[:300]) from None
+    return StreamFormat(rate, fmt, language, tuple(allowed), phrases)
 
 
 class AudioDecoder:

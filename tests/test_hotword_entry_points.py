@@ -1,0 +1,168 @@
+"""Hotwords through every entry point to a real ONNX Runtime session on a tiny model with designed logits:
+the recognizer settings (list and file), recognize_batch with a phrase list per stream, `transcribe
+--hotwords/--hotwords-file`, and the WebSocket start message of `stt-agent serve`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+import tiny_models as tm
+from agent.errors import ConfigError
+from agent.recognizer.sensevoice import SenseVoiceRecognizer
+from agent.server.protocol import ProtocolError, parse_text
+from agent.settings import RecognizerSettings
+from helpers import run, start_serve, write_wav
+from mosquitto_fixture import free_port
+
+BLANK = "<unk>"
+# One text frame per row: the blank and the words at 8 (sure), except frame 3 where "world" (5) is just ahead
+# of "ok" (4): greedy reads "hello world你好"; "ok" with its 1.5-nat boost wins that frame.
+PATTERN = ([{BLANK: 8}, {"\u2581hello": 8}, {BLANK: 8}, {"\u2581world": 5, "\u2581ok": 4}, {BLANK: 8}, {"你": 8},
+            {"好": 8}] + [{BLANK: 8}] * 5)
+PLAIN, BIASED = "hello world你好", "hello ok你好"
+
+
+@pytest.fixture(scope="module")
+def biased_model(tmp_path_factory):
+    """tiny_models' sherpa-onnx model with the text frames above in place of its own pattern."""
+    directory = tm.write_sherpa(tmp_path_factory.mktemp("hotword-model"))
+    rows = np.zeros((len(PATTERN), len(tm.VOCAB)), np.float32)
+    for t, row in enumerate(PATTERN):
+        for piece, value in row.items():
+            rows[t, tm.token_id(piece)] = value
+    path = directory / "model.int8.onnx"
+    model = onnx.load(path)
+    for init in model.graph.initializer:
+        if init.name == "pattern":
+            init.CopyFrom(numpy_helper.from_array(rows, "pattern"))
+    onnx.save(model, path)
+    return directory
+
+
+def audio(seed=0):
+    return (np.random.default_rng(seed).standard_normal(tm.ONE_PATTERN_SAMPLES) * 1000).astype(np.float32)
+
+
+def recognizer(model, **settings):
+    return SenseVoiceRecognizer(RecognizerSettings(model_dir=str(model), warmup=False, **settings))
+
+
+def test_per_stream_phrases_in_one_batch_do_not_leak(biased_model):
+    rec = recognizer(biased_model)
+    boosted = rec.options(hotwords=[("ok", 1.0)])
+    for order in ([boosted, None, boosted], [None, boosted, None]):
+        results = rec.recognize_batch([audio(0), audio(1), audio(2)], order)
+        assert [r.text for r in results] == [BIASED if o else PLAIN for o in order]
+        assert [r.hotwords_matched for r in results] == [["ok"] if o else [] for o in order]
+    # Token times and posteriors of the biased stream: "ok" at its frame with its own posterior.
+    ok = rec.recognize(audio(), boosted).tokens[1]
+    row = np.zeros(len(tm.VOCAB))
+    row[tm.token_id("\u2581world")], row[tm.token_id("\u2581ok")] = 5, 4
+    assert (ok.text, round(ok.start, 3), round(ok.end, 3)) == (" ok", 0.18, 0.24)
+    assert ok.prob == pytest.approx(np.exp(4) / np.exp(row).sum(), rel=1e-5)
+
+
+def test_recognizer_settings_list_and_file(biased_model, tmp_path):
+    assert recognizer(biased_model).recognize(audio()).text == PLAIN
+    rec = recognizer(biased_model, hotwords=["ok"])
+    assert rec.defaults.hotwords == (("ok", 1.0),)
+    assert rec.recognize(audio()).text == BIASED
+    # A stream's phrases add to the configured ones.
+    assert rec.options(hotwords=[("hello", 2.0)]).hotwords == (("ok", 1.0), ("hello", 2.0))
+    phrases = tmp_path / "hotwords.txt"
+    phrases.write_text("# the box's words\nok:1.2\n", encoding="utf-8")
+    rec = recognizer(biased_model, hotwords_file=str(phrases))
+    result = rec.recognize(audio())
+    assert (result.text, result.hotwords_matched) == (BIASED, ["ok"])
+    # The search's settings reach it: at a score of 0.5 nats per token, "ok" stays 0.5 short.
+    assert recognizer(biased_model, hotwords=["ok"], hotwords_score=0.5).recognize(audio()).text == PLAIN
+
+
+def test_a_configured_phrase_the_vocabulary_cannot_spell_fails_the_load(biased_model, tmp_path):
+    with pytest.raises(ConfigError, match="recognizer.hotwords: hotword '佢' has characters this model's "
+                                          "vocabulary .* cannot spell"):
+        recognizer(biased_model, hotwords=["ok", "佢"])
+    phrases = tmp_path / "hotwords.txt"
+    phrases.write_text("ok:20\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=f"{phrases}:1: weight 20"):
+        recognizer(biased_model, hotwords_file=str(phrases))
+
+
+def test_transcribe_flags(biased_model, tmp_path):
+    wav = write_wav(tmp_path / "a.wav", np.random.default_rng(1).integers(-3000, 3000, tm.ONE_PATTERN_SAMPLES))
+    plain = run("transcribe", str(wav), "--model", str(biased_model), "--json")
+    assert plain.returncode == 0, plain.stderr
+    assert json.loads(plain.stdout)["text"] == PLAIN and "hotwords_matched" not in plain.stdout
+    proc = run("transcribe", str(wav), "--model", str(biased_model), "--json", "--hotwords", "ok,hello:2")
+    assert proc.returncode == 0, proc.stderr
+    body = json.loads(proc.stdout)
+    assert (body["text"], body["hotwords_matched"]) == (BIASED, ["hello", "ok"])  # in the order heard
+    phrases = tmp_path / "words.txt"
+    phrases.write_text("ok\n", encoding="utf-8")
+    proc = run("transcribe", str(wav), "--model", str(biased_model), "--hotwords-file", str(phrases))
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("] " + BIASED), proc.stderr
+    bad = run("transcribe", str(wav), "--model", str(biased_model), "--hotwords", "ok:0")
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1].startswith("error: --hotwords (recognizer.hotwords[0]): weight 0")
+    missing = run("transcribe", str(wav), "--model", str(biased_model), "--hotwords-file", str(tmp_path / "no"))
+    assert missing.returncode == 2 and "--hotwords-file (recognizer.hotwords_file)" in missing.stderr
+    assert "no such hotwords file" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_websocket_start_hotwords_parse():
+    kind, fmt = parse_text(json.dumps({"type": "start", "hotwords": ["Kitchen Light:2", "dimmer"]}))
+    assert kind == "start" and fmt.hotwords == (("Kitchen Light", 2.0), ("dimmer", 1.0))
+    for hotwords, message in [("ok", "hotwords is a list of strings"), ([3], r"hotwords\[0\]: expected a string"),
+                              (["ok:0"], r"hotwords\[0\]: weight 0"), (["x"] * 1001, "1001 phrases; at most 1000")]:
+        with pytest.raises(ProtocolError, match=message) as caught:
+            parse_text(json.dumps({"type": "start", "hotwords": hotwords}))
+        assert caught.value.code == "bad_start"
+
+
+def test_websocket_start_hotwords_reach_the_decoder(biased_model, tmp_path):
+    websockets = pytest.importorskip("websockets")
+    from websockets.asyncio.client import connect
+
+    token = "0123456789abcdef0123456789abcdef"
+    port = free_port()
+    (tmp_path / "tokens").write_text(f"{token}\n", encoding="utf-8")
+    config = tmp_path / "serve.yaml"
+    config.write_text(f"recognizer:\n  model_dir: {biased_model}\nvad:\n  kind: energy\n"
+                      f"server:\n  host: 127.0.0.1\n  port: {port}\n  tokens_file: {tmp_path / 'tokens'}\n",
+                      encoding="utf-8")
+    proc = start_serve(config, port)
+    burst = np.concatenate([np.zeros(4800), np.random.default_rng(0).standard_normal(16000) * 6000,
+                            np.zeros(16000)])
+    pcm = np.clip(burst, -32768, 32767).astype("<i2").tobytes()
+
+    async def one(start):
+        events = []
+        async with connect(f"ws://127.0.0.1:{port}/ws/stt/dev-{len(start)}",
+                           additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+            await ws.send(json.dumps({"type": "start", **start}))
+            for i in range(0, len(pcm), 3200):
+                await ws.send(pcm[i:i + 3200])
+            await ws.send(json.dumps({"type": "stop"}))
+            try:
+                async for message in ws:
+                    events.append(json.loads(message))
+            except websockets.exceptions.ConnectionClosed:
+                pass
+        return [e for e in events if e["type"] == "final"]
+
+    async def both():
+        return await asyncio.wait_for(asyncio.gather(one({"hotwords": ["ok"]}), one({})), 60)
+
+    try:
+        biased, plain = asyncio.run(both())
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    assert biased and all("ok" in f["text"] and f["hotwords_matched"] == ["ok"] for f in biased)
+    assert plain and all("world" in f["text"] and "hotwords_matched" not in f for f in plain)
