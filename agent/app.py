@@ -282,6 +282,16 @@ class Agent:
                     allowed_languages=tuple(command.get("allowed_languages", ())))}
             except AgentError as exc:
                 raise CommandError("bad_field", str(exc)) from None
+        elif command["command"] == "set_hotwords":
+            from agent.recognizer.phrases import HotwordError, merge, parse_phrases
+
+            try:  # a stream's phrases are a hint: those the vocabulary cannot spell are left out at decode
+                phrases = merge(self.recognizer.defaults.hotwords, parse_phrases(command["hotwords"], "hotwords"))
+            except HotwordError as exc:
+                raise CommandError("bad_field", f"set_hotwords: {exc}") from None
+            command = {**command, "hotwords": phrases, "defaults": self.recognizer.defaults}
+        elif command["command"] in ("clear_hotwords", "clear_language"):
+            command = {**command, "defaults": self.recognizer.defaults}
         if self.pipeline is not None and device_id == self.emitter.device_id:
             if not hasattr(self.pipeline, "apply"):
                 raise CommandError("unsupported", f"{command['command']}: a file read as fast as it decodes takes "

@@ -166,3 +166,71 @@ def test_websocket_start_hotwords_reach_the_decoder(biased_model, tmp_path):
         proc.communicate(timeout=30)
     assert biased and all("ok" in f["text"] and f["hotwords_matched"] == ["ok"] for f in biased)
     assert plain and all("world" in f["text"] and "hotwords_matched" not in f for f in plain)
+
+
+def test_mqtt_set_and_clear_hotwords_reach_a_streaming_device(biased_model, tmp_path, broker):
+    """set_hotwords on `<prefix>/<device>/cmd` biases that device's next utterances; clear_hotwords goes back."""
+    websockets = pytest.importorskip("websockets")
+    from websockets.asyncio.client import connect
+
+    from mosquitto_fixture import Subscriber
+
+    token = "0123456789abcdef0123456789abcdef"
+    port = free_port()
+    (tmp_path / "tokens").write_text(f"{token}\n", encoding="utf-8")
+    config = tmp_path / "serve.yaml"
+    config.write_text(f"recognizer:\n  model_dir: {biased_model}\nvad:\n  kind: energy\n"
+                      f"server:\n  host: 127.0.0.1\n  port: {port}\n  tokens_file: {tmp_path / 'tokens'}\n"
+                      f"mqtt:\n  enabled: true\n  host: {broker.host}\n  port: {broker.port}\n  device_id: box\n",
+                      encoding="utf-8")
+    sub = Subscriber(broker, ["stt-agent/kiosk/error", "stt-agent/kiosk/final"])
+    proc = start_serve(config, port)
+    burst = np.concatenate([np.zeros(4800), np.random.default_rng(0).standard_normal(16000) * 6000,
+                            np.zeros(16000)])
+    pcm = np.clip(burst, -32768, 32767).astype("<i2").tobytes()
+
+    def command(payload, answers):
+        # a bad command after it: its answer says the one before has reached the stream's inbox
+        sub.client.publish("stt-agent/kiosk/cmd", json.dumps(payload), qos=1)
+        sub.client.publish("stt-agent/kiosk/cmd", json.dumps({"command": "nope", "id": answers}), qos=1)
+        sub.wait_topic("stt-agent/kiosk/error", answers)
+
+    async def utterance(ws):
+        for i in range(0, len(pcm), 3200):
+            await ws.send(pcm[i:i + 3200])
+        while True:
+            event = json.loads(await ws.recv())
+            if event["type"] == "final":
+                return event
+
+    async def session():
+        async with connect(f"ws://127.0.0.1:{port}/ws/stt/kiosk",
+                           additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+            await ws.send(json.dumps({"type": "start"}))
+            plain = await utterance(ws)
+            await asyncio.to_thread(command, {"command": "set_hotwords", "hotwords": ["ok:1"]}, 1)
+            biased = await utterance(ws)
+            await asyncio.to_thread(command, {"command": "clear_hotwords"}, 2)
+            cleared = await utterance(ws)
+            return plain, biased, cleared
+
+    try:
+        plain, biased, cleared = asyncio.run(asyncio.wait_for(session(), 90))
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    assert "world" in plain["text"] and "hotwords_matched" not in plain
+    assert "ok" in biased["text"] and biased["hotwords_matched"] == ["ok"]
+    assert "world" in cleared["text"] and "hotwords_matched" not in cleared
+
+
+def test_set_hotwords_is_validated_by_the_command_schema():
+    from agent.mqtt.commands import CommandError, parse_command
+
+    assert parse_command(b'{"command": "set_hotwords", "hotwords": ["Kitchen Light:2"]}')["hotwords"] == [
+        "Kitchen Light:2"]
+    assert parse_command(b'{"command": "clear_hotwords"}') == {"command": "clear_hotwords"}
+    for payload in (b'{"command": "set_hotwords"}', b'{"command": "set_hotwords", "hotwords": [3]}',
+                    b'{"command": "set_hotwords", "hotwords": ["a"], "language": "en"}'):
+        with pytest.raises(CommandError):
+            parse_command(payload)

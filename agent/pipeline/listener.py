@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 import time
 from typing import Optional, Set
@@ -104,9 +105,17 @@ class Listener:
         if name in ("mute", "unmute"):
             self.muted = name == "mute"
         elif name == "clear_language":
-            self.options = None
-        elif name == "set_language":
-            self.options = command["options"]
+            defaults = command.get("defaults")
+            self.options = None if self.options is None or defaults is None else dataclasses.replace(
+                self.options, language=defaults.language, allowed_languages=defaults.allowed_languages)
+        elif name == "set_language":  # the stream's phrases stay
+            self.options = command["options"] if self.options is None else dataclasses.replace(
+                command["options"], hotwords=self.options.hotwords)
+        elif name == "set_hotwords":  # "hotwords": the configured phrases and the command's, merged
+            self.options = dataclasses.replace(self.options or command["defaults"], hotwords=command["hotwords"])
+        elif name == "clear_hotwords":
+            self.options = dataclasses.replace(self.options or command["defaults"],
+                                               hotwords=command["defaults"].hotwords)
         elif name == "end_utterance":  # a client's own end of turn (OpenAI realtime's commit)
             self._handle(self.segmenter.flush())
         elif name == "clear":  # the client takes back what it sent: the open utterance goes, undecoded
