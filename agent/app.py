@@ -310,6 +310,21 @@ class Agent:
                 raise CommandError("busy", f"device {device_id!r} has too much audio waiting; try again") from None
         raise CommandError("not_connected", f"device {device_id!r} is not connected to this agent")
 
+    def _reload_hotwords(self, fresh) -> str:
+        """recognizer.hotwords and hotwords_file read again on SIGHUP; ", hotwords (N phrases)" when they
+        changed. Spelling errors keep the running phrases (one error line)."""
+        reload = getattr(self.recognizer, "reload_hotwords", None)
+        if reload is None:
+            return ""
+        try:
+            changed = reload(fresh.recognizer)
+        except AgentError as exc:
+            log.error("reload: hotwords rejected, keeping the running ones: %s", exc, extra={"EVENT": "reload"})
+            return ""
+        for key in ("hotwords", "hotwords_file", "hotwords_score", "hotwords_beam"):
+            setattr(self.settings.recognizer, key, getattr(fresh.recognizer, key))
+        return f", hotwords ({len(self.recognizer.defaults.hotwords)} phrases)" if changed else ""
+
     def _reload(self):
         """SIGHUP: apply what is safe to change live (the log level); name what needs a restart."""
         from agent.service import setup_logging
@@ -324,12 +339,13 @@ class Agent:
         running = self.settings
         running.logging = fresh.logging
         setup_logging(fresh.logging, self.verbose)
+        applied = "log level" + self._reload_hotwords(fresh)
         changed = [f.name for f in dataclasses.fields(fresh)
                    if f.name != "logging" and getattr(fresh, f.name) != getattr(running, f.name)]
         if changed:
-            log.warning("reload: log level applied; changes to %s need a restart (systemctl restart stt-agent)",
-                        ", ".join(changed), extra={"EVENT": "reload"})
+            log.warning("reload: %s applied; changes to %s need a restart (systemctl restart stt-agent)",
+                        applied, ", ".join(changed), extra={"EVENT": "reload"})
         else:
-            log.info("reload: log level applied", extra={"EVENT": "reload"})
+            log.info("reload: %s applied", applied, extra={"EVENT": "reload"})
         self.watchdog.ready("configuration reloaded")
 

@@ -89,7 +89,8 @@ class RecognizerSettings:
             "box's own name, its users' names, product words. They apply to every utterance; a stream's own "
             "phrases (Wyoming transcript_names and terms, OpenAI keywords and prompt, the WebSocket start's "
             "hotwords) are added to them. With any, the text comes from a prefix beam search biased towards "
-            "them; with none, from greedy search as before. At most 1000, each at most 200 characters.")
+            "them; with none, from greedy search as before. At most 1000, each at most 200 characters. Read again "
+            "on SIGHUP (systemctl reload stt-agent), with hotwords_file, hotwords_score and hotwords_beam.")
     hotwords_file: str = setting(
         "", "A UTF-8 file of more phrases, one per line ('phrase' or 'phrase:weight'; lines starting with # are "
             "comments); empty = none.")

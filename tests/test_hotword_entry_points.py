@@ -234,3 +234,58 @@ def test_set_hotwords_is_validated_by_the_command_schema():
                     b'{"command": "set_hotwords", "hotwords": ["a"], "language": "en"}'):
         with pytest.raises(CommandError):
             parse_command(payload)
+
+
+def test_sighup_reads_the_configured_hotwords_again(biased_model, tmp_path):
+    """recognizer.hotwords edited, SIGHUP: a stream's next utterance is biased, without a restart."""
+    import queue
+    import signal
+    import threading
+
+    from websockets.asyncio.client import connect
+
+    token = "0123456789abcdef0123456789abcdef"
+    port = free_port()
+    (tmp_path / "tokens").write_text(f"{token}\n", encoding="utf-8")
+    config = tmp_path / "serve.yaml"
+    base = (f"recognizer:\n  model_dir: {biased_model}\n  hotwords: []\nvad:\n  kind: energy\n"
+            f"server:\n  host: 127.0.0.1\n  port: {port}\n  tokens_file: {tmp_path / 'tokens'}\n")
+    config.write_text(base, encoding="utf-8")
+    proc = start_serve(config, port)
+    lines: "queue.Queue[str]" = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
+    burst = np.concatenate([np.zeros(4800), np.random.default_rng(0).standard_normal(16000) * 6000,
+                            np.zeros(16000)])
+    pcm = np.clip(burst, -32768, 32767).astype("<i2").tobytes()
+
+    def reload():
+        config.write_text(base.replace("hotwords: []", "hotwords: [ok]"), encoding="utf-8")
+        proc.send_signal(signal.SIGHUP)
+        while True:
+            line = lines.get(timeout=20)
+            if "reload:" in line:
+                return line
+
+    async def utterance(ws):
+        for i in range(0, len(pcm), 3200):
+            await ws.send(pcm[i:i + 3200])
+        while True:
+            event = json.loads(await ws.recv())
+            if event["type"] == "final":
+                return event
+
+    async def session():
+        async with connect(f"ws://127.0.0.1:{port}/ws/stt/kiosk",
+                           additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+            plain = await utterance(ws)
+            line = await asyncio.to_thread(reload)
+            return plain, line, await utterance(ws)
+
+    try:
+        plain, line, biased = asyncio.run(asyncio.wait_for(session(), 90))
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    assert "world" in plain["text"] and "hotwords_matched" not in plain
+    assert "reload: log level, hotwords (1 phrases) applied" in line and "need a restart" not in line
+    assert "ok" in biased["text"] and biased["hotwords_matched"] == ["ok"]

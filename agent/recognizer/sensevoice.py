@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import List, Optional, Sequence, Union
@@ -58,11 +59,7 @@ class SenseVoiceRecognizer:
         self.decoder = Decoder(vocab, contract.frontend.seconds_per_frame, contract.blank_id)
         self.defaults = default_options(settings)
         self._check_languages(self.defaults)
-        try:  # every configured phrase spelled in this vocabulary: a typo fails the start, not a decode
-            for where, phrases in configured(settings):
-                self.decoder.hotwords.check(phrases, where)
-        except HotwordError as exc:
-            raise ConfigError(str(exc)) from None
+        self._check_hotwords(settings)
         self.info = {"model_dir": str(files.directory), "model_file": files.onnx.name, "flavour": files.flavour,
                      "precision": files.precision, "provider": provider, "runtime": package,
                      "random_init": metadata.get("random_init") == "1",
@@ -82,6 +79,26 @@ class SenseVoiceRecognizer:
         for code in (options.language, *options.allowed_languages):
             if code != "auto" and code not in known:
                 raise ModelError(f"language {code!r} is not one this model knows ({', '.join(sorted(known))})")
+
+    def _check_hotwords(self, settings: RecognizerSettings) -> None:
+        try:  # every configured phrase spelled in this vocabulary: a typo fails the start, not a decode
+            for where, phrases in configured(settings):
+                self.decoder.hotwords.check(phrases, where)
+        except HotwordError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def reload_hotwords(self, settings: RecognizerSettings) -> bool:
+        """The configured phrases read again (the list, the file, score and beam); True if they changed.
+        Utterances decoded with the defaults use them from now on; a stream that set its own phrases keeps
+        the configured ones it merged until it sets them again or reconnects. ConfigError: nothing changes."""
+        fresh = default_options(settings)
+        self._check_hotwords(settings)
+        keys = ("hotwords", "hotwords_score", "hotwords_beam")
+        if all(getattr(fresh, k) == getattr(self.defaults, k) for k in keys):
+            return False
+        # one reference replaced: a decode already running keeps the options object it took
+        self.defaults = dataclasses.replace(self.defaults, **{k: getattr(fresh, k) for k in keys})
+        return True
 
     def options(self, **changes) -> DecodeOptions:
         """The default options with some changed (validated against the model's languages)."""
