@@ -289,3 +289,56 @@ def test_sighup_reads_the_configured_hotwords_again(biased_model, tmp_path):
     assert "world" in plain["text"] and "hotwords_matched" not in plain
     assert "reload: log level, hotwords (1 phrases) applied" in line and "need a restart" not in line
     assert "ok" in biased["text"] and biased["hotwords_matched"] == ["ok"]
+
+
+def test_openai_prompt_keywords_and_realtime_prompt_reach_the_decoder(biased_model, tmp_path):
+    """POST /v1/audio/transcriptions with `prompt` or `keywords`, and the realtime session's
+    transcription.prompt, through the official openai package."""
+    import base64
+    import signal
+
+    openai = pytest.importorskip("openai")
+    token = "0123456789abcdef0123456789abcdef"
+    port = free_port()
+    (tmp_path / "tokens").write_text(f"{token}\n", encoding="utf-8")
+    config = tmp_path / "serve.yaml"
+    config.write_text(f"recognizer:\n  model_dir: {biased_model}\nvad:\n  kind: energy\n"
+                      f"server:\n  host: 127.0.0.1\n  port: {port}\n  tokens_file: {tmp_path / 'tokens'}\n"
+                      "  max_ahead_s: 60\n", encoding="utf-8")
+    noise = np.random.default_rng(0).standard_normal
+    wav = write_wav(tmp_path / "burst.wav", np.concatenate([np.zeros(4800), noise(16000) * 6000, np.zeros(16000)]).clip(-32768, 32767))
+    at_24k = np.concatenate([np.zeros(7200), noise(24000) * 6000, np.zeros(24000)])
+    pcm24 = np.clip(at_24k, -32768, 32767).astype("<i2").tobytes()
+    proc = start_serve(config, port)
+
+    def upload(**kw):
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=token, max_retries=0)
+        with open(wav, "rb") as f:
+            return client.audio.transcriptions.create(model="whisper-1", file=f, **kw)
+
+    async def realtime(prompt):
+        client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=token, max_retries=0)
+        session = {"type": "transcription", "audio": {"input": {
+            "format": {"type": "audio/pcm", "rate": 24000},
+            "transcription": {"model": "gpt-4o-transcribe", "prompt": prompt}}}}
+        async with client.realtime.connect(extra_query={"intent": "transcription"}) as conn:
+            await conn.session.update(session=session)
+            for i in range(0, len(pcm24), 4800):
+                await conn.input_audio_buffer.append(audio=base64.b64encode(pcm24[i:i + 4800]).decode())
+            while True:
+                event = await asyncio.wait_for(conn.recv(), 20)
+                if event.type.endswith("transcription.completed"):
+                    return event
+
+    try:
+        plain, prompted = upload(), upload(prompt="Kitchen Light, ok")
+        keywords = upload(extra_body={"keywords": "ok"})
+        live_plain, live_prompted = asyncio.run(realtime("")), asyncio.run(realtime("ok"))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert "world" in plain.text and "hotwords_matched" not in (plain.model_extra or {})
+    for biased in (prompted, keywords):
+        assert "ok" in biased.text and biased.model_extra["hotwords_matched"] == ["ok"]
+    assert "world" in live_plain.transcript
+    assert "ok" in live_prompted.transcript and live_prompted.model_extra["hotwords_matched"] == ["ok"]

@@ -388,7 +388,8 @@ def _ours(r) -> dict:
     """What OpenAI's response does not have and this model gives: labels and their scores."""
     return {"language": r.language, "language_scores": _rounded(r.language_scores), "emotion": r.emotion,
             "emotion_scores": _rounded(r.emotion_scores), "event": r.event, "event_scores": _rounded(r.event_scores),
-            "confidence": round(r.confidence, 4)}
+            "confidence": round(r.confidence, 4),
+            **({"hotwords_matched": list(r.hotwords_matched)} if r.hotwords_matched else {})}
 
 
 def _segment(i: int, part) -> dict:

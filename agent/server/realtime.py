@@ -383,7 +383,8 @@ class _Session:
             confidence=round(r.confidence, 4), utterance_id=final.utterance_id, device_id=self.claim.device_id,
             audio_start=round(final.audio_start, 3), audio_end=round(final.audio_end, 3),
             timing={k: round(v, 1) for k, v in (("decode_ms", final.decode_ms), ("queue_ms", final.queue_ms),
-                                               ("endpoint_delay_ms", final.endpoint_delay_ms)) if v is not None})
+                                               ("endpoint_delay_ms", final.endpoint_delay_ms)) if v is not None},
+            **({"hotwords_matched": list(r.hotwords_matched)} if r.hotwords_matched else {}))
         self._items.pop(final.utterance_id, None)
 
     def _item(self, utterance_id: int) -> str:
