@@ -637,6 +637,9 @@ def _download(spec: _FileSpec, part: Path, net: _Net, say) -> bool:
                         state["last"] = now
             if remaining is not None and got < remaining:
                 raise _Transient(f"connection closed after {got} of {remaining} bytes")
+            if remaining is None and expected is not None and have + got < expected:
+                # no Content-Length (a chunked or closing answer): the manifest's size says the body was cut
+                raise _Transient(f"connection closed after {have + got} of {expected} bytes")
 
     net.attempt(once, f"{spec.name} ({spec.url})")
     return state["resumed"]

@@ -31,6 +31,7 @@ class FakeHub:
         self.corrupt: set[str] = set()
         self.statuses: dict[str, list[int]] = {}
         self.ignore_range: set[str] = set()
+        self.no_length: set[str] = set()  # answered without Content-Length: the body ends when the server closes
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self.server.daemon_threads = True
@@ -115,7 +116,11 @@ def _handler_for(hub: FakeHub):
             # logged before anything goes out, so the client never sees an answer that is not logged yet
             hub.record(path=path, range=rng, status=status, sent=len(payload), dropped=cut_after is not None)
             self.send_response(status)
-            self.send_header("Content-Length", str(len(body)))
+            unsized = path in hub.no_length
+            if unsized:
+                cut_after = len(payload) if cut_after is None else cut_after
+            else:
+                self.send_header("Content-Length", str(len(body)))
             for k, v in headers.items():
                 self.send_header(k, v)
             self.end_headers()

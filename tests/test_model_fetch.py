@@ -139,6 +139,18 @@ def test_dropped_connection_resumes_with_range(hub, tmp_path):
     assert any("resuming" in line for line in lines)
 
 
+def test_a_body_cut_short_without_content_length_resumes_with_range(hub, tmp_path):
+    # the manifest knows the size, so a close before it is a cut, not the end
+    _manifest(tmp_path)
+    hub.no_length.add(MODEL_PATH)
+    hub.drop_once[MODEL_PATH] = 100_000
+    target = _fetch(hub, tmp_path)
+    reqs = hub.requests_for(MODEL_PATH)
+    assert [r["range"] for r in reqs] == [None, "bytes=100000-"]
+    assert [r["status"] for r in reqs] == [200, 206]
+    assert (target / "model.int8.onnx").read_bytes() == MODEL
+
+
 def test_part_file_from_an_earlier_run_is_resumed(hub, tmp_path):
     _manifest(tmp_path)
     part = tmp_path / "models" / ".partial" / "tiny" / "model.int8.onnx.part"
