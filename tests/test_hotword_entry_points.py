@@ -45,6 +45,40 @@ def biased_model(tmp_path_factory):
     return directory
 
 
+TOKEN = "0123456789abcdef0123456789abcdef"
+# 0.3 s of silence, 1 s of noise the energy VAD hears as speech, 1 s of silence: one utterance, one final
+BURST = np.clip(np.concatenate([np.zeros(4800), np.random.default_rng(0).standard_normal(16000) * 6000,
+                                np.zeros(16000)]), -32768, 32767)
+PCM = BURST.astype("<i2").tobytes()
+
+
+def serve_config(model, tmp_path, extra: str = "", recognizer: str = ""):
+    """(config path, port) of a `serve` on loopback with a token file; extra: YAML after the server section (indented lines are server keys)."""
+    port = free_port()
+    (tmp_path / "tokens").write_text(f"{TOKEN}\n", encoding="utf-8")
+    config = tmp_path / "serve.yaml"
+    config.write_text(f"recognizer:\n  model_dir: {model}\n{recognizer}vad:\n  kind: energy\n"
+                      f"server:\n  host: 127.0.0.1\n  port: {port}\n  tokens_file: {tmp_path / 'tokens'}\n"
+                      f"{extra}", encoding="utf-8")
+    return config, port
+
+
+def ws_connect(port, device):
+    from websockets.asyncio.client import connect
+
+    return connect(f"ws://127.0.0.1:{port}/ws/stt/{device}", additional_headers={"Authorization": f"Bearer {TOKEN}"})
+
+
+async def ws_utterance(ws) -> dict:
+    """The burst sent in 100 ms frames; its final."""
+    for i in range(0, len(PCM), 3200):
+        await ws.send(PCM[i:i + 3200])
+    while True:
+        event = json.loads(await ws.recv())
+        if event["type"] == "final":
+            return event
+
+
 def audio(seed=0):
     return (np.random.default_rng(seed).standard_normal(tm.ONE_PATTERN_SAMPLES) * 1000).astype(np.float32)
 
@@ -127,27 +161,16 @@ def test_websocket_start_hotwords_parse():
 
 def test_websocket_start_hotwords_reach_the_decoder(biased_model, tmp_path):
     websockets = pytest.importorskip("websockets")
-    from websockets.asyncio.client import connect
 
-    token = "0123456789abcdef0123456789abcdef"
-    port = free_port()
-    (tmp_path / "tokens").write_text(f"{token}\n", encoding="utf-8")
-    config = tmp_path / "serve.yaml"
-    config.write_text(f"recognizer:\n  model_dir: {biased_model}\nvad:\n  kind: energy\n"
-                      f"server:\n  host: 127.0.0.1\n  port: {port}\n  tokens_file: {tmp_path / 'tokens'}\n",
-                      encoding="utf-8")
+    config, port = serve_config(biased_model, tmp_path)
     proc = start_serve(config, port)
-    burst = np.concatenate([np.zeros(4800), np.random.default_rng(0).standard_normal(16000) * 6000,
-                            np.zeros(16000)])
-    pcm = np.clip(burst, -32768, 32767).astype("<i2").tobytes()
 
     async def one(start):
         events = []
-        async with connect(f"ws://127.0.0.1:{port}/ws/stt/dev-{len(start)}",
-                           additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+        async with ws_connect(port, f"dev-{len(start)}") as ws:
             await ws.send(json.dumps({"type": "start", **start}))
-            for i in range(0, len(pcm), 3200):
-                await ws.send(pcm[i:i + 3200])
+            for i in range(0, len(PCM), 3200):
+                await ws.send(PCM[i:i + 3200])
             await ws.send(json.dumps({"type": "stop"}))
             try:
                 async for message in ws:
@@ -170,24 +193,13 @@ def test_websocket_start_hotwords_reach_the_decoder(biased_model, tmp_path):
 
 def test_mqtt_set_and_clear_hotwords_reach_a_streaming_device(biased_model, tmp_path, broker):
     """set_hotwords on `<prefix>/<device>/cmd` biases that device's next utterances; clear_hotwords goes back."""
-    websockets = pytest.importorskip("websockets")
-    from websockets.asyncio.client import connect
-
+    pytest.importorskip("websockets")
     from mosquitto_fixture import Subscriber
 
-    token = "0123456789abcdef0123456789abcdef"
-    port = free_port()
-    (tmp_path / "tokens").write_text(f"{token}\n", encoding="utf-8")
-    config = tmp_path / "serve.yaml"
-    config.write_text(f"recognizer:\n  model_dir: {biased_model}\nvad:\n  kind: energy\n"
-                      f"server:\n  host: 127.0.0.1\n  port: {port}\n  tokens_file: {tmp_path / 'tokens'}\n"
-                      f"mqtt:\n  enabled: true\n  host: {broker.host}\n  port: {broker.port}\n  device_id: box\n",
-                      encoding="utf-8")
+    config, port = serve_config(biased_model, tmp_path, extra=f"mqtt:\n  enabled: true\n  host: {broker.host}\n"
+                                f"  port: {broker.port}\n  device_id: box\n")
     sub = Subscriber(broker, ["stt-agent/kiosk/error", "stt-agent/kiosk/final"])
     proc = start_serve(config, port)
-    burst = np.concatenate([np.zeros(4800), np.random.default_rng(0).standard_normal(16000) * 6000,
-                            np.zeros(16000)])
-    pcm = np.clip(burst, -32768, 32767).astype("<i2").tobytes()
 
     def command(payload, answers):
         # a bad command after it: its answer says the one before has reached the stream's inbox
@@ -195,23 +207,14 @@ def test_mqtt_set_and_clear_hotwords_reach_a_streaming_device(biased_model, tmp_
         sub.client.publish("stt-agent/kiosk/cmd", json.dumps({"command": "nope", "id": answers}), qos=1)
         sub.wait_topic("stt-agent/kiosk/error", answers)
 
-    async def utterance(ws):
-        for i in range(0, len(pcm), 3200):
-            await ws.send(pcm[i:i + 3200])
-        while True:
-            event = json.loads(await ws.recv())
-            if event["type"] == "final":
-                return event
-
     async def session():
-        async with connect(f"ws://127.0.0.1:{port}/ws/stt/kiosk",
-                           additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+        async with ws_connect(port, "kiosk") as ws:
             await ws.send(json.dumps({"type": "start"}))
-            plain = await utterance(ws)
+            plain = await ws_utterance(ws)
             await asyncio.to_thread(command, {"command": "set_hotwords", "hotwords": ["ok:1"]}, 1)
-            biased = await utterance(ws)
+            biased = await ws_utterance(ws)
             await asyncio.to_thread(command, {"command": "clear_hotwords"}, 2)
-            cleared = await utterance(ws)
+            cleared = await ws_utterance(ws)
             return plain, biased, cleared
 
     try:
@@ -242,21 +245,12 @@ def test_sighup_reads_the_configured_hotwords_again(biased_model, tmp_path):
     import signal
     import threading
 
-    from websockets.asyncio.client import connect
-
-    token = "0123456789abcdef0123456789abcdef"
-    port = free_port()
-    (tmp_path / "tokens").write_text(f"{token}\n", encoding="utf-8")
-    config = tmp_path / "serve.yaml"
-    base = (f"recognizer:\n  model_dir: {biased_model}\n  hotwords: []\nvad:\n  kind: energy\n"
-            f"server:\n  host: 127.0.0.1\n  port: {port}\n  tokens_file: {tmp_path / 'tokens'}\n")
-    config.write_text(base, encoding="utf-8")
+    pytest.importorskip("websockets")
+    config, port = serve_config(biased_model, tmp_path, recognizer="  hotwords: []\n")
+    base = config.read_text(encoding="utf-8")
     proc = start_serve(config, port)
     lines: "queue.Queue[str]" = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
-    burst = np.concatenate([np.zeros(4800), np.random.default_rng(0).standard_normal(16000) * 6000,
-                            np.zeros(16000)])
-    pcm = np.clip(burst, -32768, 32767).astype("<i2").tobytes()
 
     def reload():
         config.write_text(base.replace("hotwords: []", "hotwords: [ok]"), encoding="utf-8")
@@ -266,20 +260,11 @@ def test_sighup_reads_the_configured_hotwords_again(biased_model, tmp_path):
             if "reload:" in line:
                 return line
 
-    async def utterance(ws):
-        for i in range(0, len(pcm), 3200):
-            await ws.send(pcm[i:i + 3200])
-        while True:
-            event = json.loads(await ws.recv())
-            if event["type"] == "final":
-                return event
-
     async def session():
-        async with connect(f"ws://127.0.0.1:{port}/ws/stt/kiosk",
-                           additional_headers={"Authorization": f"Bearer {token}"}) as ws:
-            plain = await utterance(ws)
+        async with ws_connect(port, "kiosk") as ws:
+            plain = await ws_utterance(ws)
             line = await asyncio.to_thread(reload)
-            return plain, line, await utterance(ws)
+            return plain, line, await ws_utterance(ws)
 
     try:
         plain, line, biased = asyncio.run(asyncio.wait_for(session(), 90))
@@ -298,26 +283,19 @@ def test_openai_prompt_keywords_and_realtime_prompt_reach_the_decoder(biased_mod
     import signal
 
     openai = pytest.importorskip("openai")
-    token = "0123456789abcdef0123456789abcdef"
-    port = free_port()
-    (tmp_path / "tokens").write_text(f"{token}\n", encoding="utf-8")
-    config = tmp_path / "serve.yaml"
-    config.write_text(f"recognizer:\n  model_dir: {biased_model}\nvad:\n  kind: energy\n"
-                      f"server:\n  host: 127.0.0.1\n  port: {port}\n  tokens_file: {tmp_path / 'tokens'}\n"
-                      "  max_ahead_s: 60\n", encoding="utf-8")
-    noise = np.random.default_rng(0).standard_normal
-    wav = write_wav(tmp_path / "burst.wav", np.concatenate([np.zeros(4800), noise(16000) * 6000, np.zeros(16000)]).clip(-32768, 32767))
-    at_24k = np.concatenate([np.zeros(7200), noise(24000) * 6000, np.zeros(24000)])
+    config, port = serve_config(biased_model, tmp_path, extra="  max_ahead_s: 60\n")  # realtime sends at once
+    wav = write_wav(tmp_path / "burst.wav", BURST)
+    at_24k = np.concatenate([np.zeros(7200), np.random.default_rng(1).standard_normal(24000) * 6000, np.zeros(24000)])
     pcm24 = np.clip(at_24k, -32768, 32767).astype("<i2").tobytes()
     proc = start_serve(config, port)
 
     def upload(**kw):
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=token, max_retries=0)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=TOKEN, max_retries=0)
         with open(wav, "rb") as f:
             return client.audio.transcriptions.create(model="whisper-1", file=f, **kw)
 
     async def realtime(prompt):
-        client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=token, max_retries=0)
+        client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=TOKEN, max_retries=0)
         session = {"type": "transcription", "audio": {"input": {
             "format": {"type": "audio/pcm", "rate": 24000},
             "transcription": {"model": "gpt-4o-transcribe", "prompt": prompt}}}}
