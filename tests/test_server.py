@@ -376,7 +376,8 @@ def test_a_client_that_stops_gets_its_final_while_the_model_is_behind(tmp_path, 
     from agent.pipeline.scheduler import DecodeScheduler
     from agent.recognizer import load_recognizer
     from agent.server.loop import NetworkLoop
-    from agent.settings import RecognizerSettings, Settings
+    from agent.recognizer.settings import RecognizerSettings
+    from agent.settings import Settings
 
     recognizer = load_recognizer(RecognizerSettings(model_dir=str(model), warmup=False))
     slow = threading.Event()

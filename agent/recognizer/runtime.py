@@ -10,7 +10,7 @@ from agent.errors import ConfigError, ModelError
 from agent.recognizer import ort_cache
 from agent.recognizer.ort_env import (  # noqa: F401 - installed_runtimes: asked of this module too
     first_line, import_onnxruntime, installed_runtimes, pin_malloc_mmap_threshold)
-from agent.settings import RecognizerSettings
+from agent.recognizer.settings import RecognizerSettings
 
 log = logging.getLogger(__name__)
 EP_NAMES = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
