@@ -1,7 +1,7 @@
 """`stt-agent serve`: real WebSocket clients over loopback against the real server process.
 
 Auth (good, bad, missing, bound to another device), limits (max streams, frame too large, idle),
-the seed's hex-JSON client, Opus frames, resampled and float formats, stop, a client vanishing
+the hex-JSON `{"audio": ...}` client of `/ws/stt`, Opus frames, resampled and float formats, stop, a client vanishing
 mid-utterance (its final still reaches MQTT), many streams at once each getting its own finals,
 SIGTERM draining every stream.
 """
