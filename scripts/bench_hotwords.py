@@ -76,7 +76,7 @@ def main() -> int:
     from agent.recognizer.context_graph import ContextGraph
     from agent.recognizer.decoding import PROMPT_FRAMES
     from agent.recognizer.sensevoice import SenseVoiceRecognizer
-    from agent.settings import RecognizerSettings
+    from agent.recognizer.settings import RecognizerSettings
 
     settings = RecognizerSettings(model_dir=args.model, warmup=False)
     settings.cpu.threads = args.threads

@@ -37,7 +37,7 @@ from agent.listening import Segmenter, SegmenterSettings, VadSettings, load_vad 
 from agent.pipeline.live import LivePipeline  # noqa: E402
 from agent.pipeline.settings import PipelineSettings  # noqa: E402
 from agent.recognizer import load_recognizer  # noqa: E402
-from agent.settings import RecognizerSettings  # noqa: E402
+from agent.recognizer.settings import RecognizerSettings  # noqa: E402
 
 RATE = 16000
 SENTENCES = [

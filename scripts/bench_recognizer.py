@@ -116,7 +116,7 @@ class Ours:
         """optimized: the directory of `model optimize`'s copy, or "" for the model file itself."""
         sys.path.insert(0, str(REPO))
         from agent.recognizer import load_recognizer
-        from agent.settings import RecognizerSettings
+        from agent.recognizer.settings import RecognizerSettings
 
         settings = RecognizerSettings(model_dir=str(model_dir), precision=precision)
         settings.cpu.threads = threads

@@ -36,7 +36,7 @@ def feed(frames: int, seed: int = 0) -> dict:
 
 
 def settings(cache: str, threads: int = 2):
-    from agent.settings import RecognizerSettings
+    from agent.recognizer.settings import RecognizerSettings
 
     s = RecognizerSettings()
     s.cpu.threads = threads

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run the test suite on an arm64 Debian root under qemu-user emulation: what a Jetson's aarch64 userland
-# would run, on an x86_64 machine. Too slow for every CI run; its last result is in docs/BENCHMARKS.md.
+# would run, on an x86_64 machine. Too slow for every CI run; its last result is in docs/benchmarks/aarch64.md.
 #
 #   sudo scripts/test_arm64_qemu.sh [--cache DIR] [--suite SUITE] [--mirror URL] [--fresh] [-- PYTEST_ARGS...]
 #

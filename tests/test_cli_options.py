@@ -157,7 +157,7 @@ def test_a_wav_of_no_samples_says_nothing_was_heard(model, tmp_path):
 
 def test_no_samples_in_a_batch_leave_the_others_alone(model):
     from agent.recognizer import load_recognizer
-    from agent.settings import RecognizerSettings
+    from agent.recognizer.settings import RecognizerSettings
 
     recognizer = load_recognizer(RecognizerSettings(model_dir=str(model), warmup=False))
     audio = np.random.default_rng(1).integers(-3000, 3000, tm.ONE_PATTERN_SAMPLES).astype(np.float32)
@@ -173,7 +173,7 @@ def test_the_final_of_no_samples_keeps_the_schema(model):
     """The same result as a live final: it validates against the final's published schema."""
     from agent.events import Final, Stamped
     from agent.recognizer import load_recognizer
-    from agent.settings import RecognizerSettings
+    from agent.recognizer.settings import RecognizerSettings
     from agent.wire import body
 
     recognizer = load_recognizer(RecognizerSettings(model_dir=str(model), warmup=False))

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from agent.errors import EXIT_CONFIG, ConfigError
-from agent.settings import (LANGUAGES, MODEL_EMOTIONS, PRECISIONS, PROVIDERS, RecognizerSettings, Settings,
-                            load)
+from agent.recognizer.settings import LANGUAGES, MODEL_EMOTIONS, PRECISIONS, PROVIDERS, RecognizerSettings
+from agent.settings import Settings, load
 
 SHIPPED = Path(__file__).resolve().parent.parent / "config.yaml"
 
@@ -488,10 +488,11 @@ def test_a_bad_item_of_a_list_from_the_environment_is_named():
 
 
 def test_importing_the_settings_leaves_the_runtime_parts_unimported():
-    # transcribe's start-up: each part's settings module without its package's sources, VAD or yaml.
+    # transcribe's start-up: each part's settings module without its package's sources, VAD, yaml, numpy or
+    # ONNX Runtime (agent.recognizer.settings sits in a package whose decoder needs both).
     code = ("import sys, agent.settings; "
             "print(sorted(m for m in ('yaml', 'agent.audio.mic', 'agent.audio.sources', 'agent.listening.vad', "
-            "'agent.service.watchdog') if m in sys.modules))")
+            "'agent.service.watchdog', 'numpy', 'agent.recognizer.decoding', 'onnxruntime') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parent.parent)
     assert out.stdout.strip() == "[]"

@@ -15,8 +15,8 @@ from onnx import numpy_helper
 import tiny_models as tm
 from agent.errors import ConfigError
 from agent.recognizer.sensevoice import SenseVoiceRecognizer
+from agent.recognizer.settings import RecognizerSettings
 from agent.server.protocol import ProtocolError, parse_text
-from agent.settings import RecognizerSettings
 from helpers import run, start_serve, write_wav
 from mosquitto_fixture import free_port
 

@@ -51,7 +51,7 @@ def test_a_short_file_gives_exactly_the_one_pass_result(model, config, tmp_path)
     """Up to max_utterance_s a file is decoded whole, as before: the same fields, values and tokens."""
     from agent.audio_file import load_audio
     from agent.recognizer import load_recognizer
-    from agent.settings import RecognizerSettings
+    from agent.recognizer.settings import RecognizerSettings
 
     wav = write_wav(tmp_path / "short.wav", np.concatenate([silence(0.3), burst(2.0, 1), silence(0.5)]))
     proc = run("transcribe", str(wav), "--config", str(config), "--json")

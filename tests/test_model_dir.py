@@ -11,7 +11,7 @@ import tiny_models as tm
 from agent.errors import EXIT_NOINPUT, ModelError
 from agent.recognizer import load_recognizer
 from agent.recognizer.model_dir import locate
-from agent.settings import RecognizerSettings
+from agent.recognizer.settings import RecognizerSettings
 
 
 def load(directory, **kwargs):

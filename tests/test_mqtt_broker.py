@@ -45,7 +45,7 @@ def real_events(tmp_path_factory):
     from agent.pipeline.live import LivePipeline
     from agent.pipeline.settings import PipelineSettings
     from agent.recognizer import load_recognizer
-    from agent.settings import RecognizerSettings
+    from agent.recognizer.settings import RecognizerSettings
 
     d = tmp_path_factory.mktemp("pipeline")
     model = tm.write_sherpa(d / "model")

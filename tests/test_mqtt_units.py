@@ -177,7 +177,7 @@ def test_invalid_commands_fail_code_and_schema(payload, code, message):
 
 def test_the_schemas_languages_are_the_recognizers():
     """Commands are checked by the schema's language lists: both must be the model's."""
-    from agent.settings import LANGUAGES
+    from agent.recognizer.settings import LANGUAGES
 
     assert parse_command(b'{"command":"set_language","language":"yue"}') == {"command": "set_language",
                                                                              "language": "yue"}

@@ -15,7 +15,7 @@ from helpers import run, write_wav
 from agent.errors import ModelError
 from agent.recognizer import load_recognizer, ort_cache
 from agent.recognizer.runtime import EP_NAMES, _optimized_copy
-from agent.settings import RecognizerSettings
+from agent.recognizer.settings import RecognizerSettings
 
 
 def settings_for(model_dir, cache) -> RecognizerSettings:

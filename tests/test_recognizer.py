@@ -11,7 +11,7 @@ import tiny_models as tm
 from agent.errors import ModelError
 from agent.recognizer import load_recognizer
 from agent.recognizer.frontend import Frontend, FrontendConfig
-from agent.settings import RecognizerSettings
+from agent.recognizer.settings import RecognizerSettings
 
 FLAVOURS = {"sherpa-onnx": tm.write_sherpa, "funasr": tm.write_funasr}
 

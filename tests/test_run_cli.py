@@ -162,7 +162,7 @@ def test_pipeline_keeps_no_state_per_finished_utterance(model):
     from agent.pipeline.live import LivePipeline
     from agent.pipeline.settings import PipelineSettings
     from agent.recognizer import load_recognizer
-    from agent.settings import RecognizerSettings
+    from agent.recognizer.settings import RecognizerSettings
 
     import tempfile
     from pathlib import Path
@@ -303,7 +303,7 @@ def test_a_final_that_cannot_be_decoded_is_reported_not_lost(model, tmp_path):
     from agent.pipeline.live import LivePipeline
     from agent.pipeline.settings import PipelineSettings
     from agent.recognizer import load_recognizer
-    from agent.settings import RecognizerSettings
+    from agent.recognizer.settings import RecognizerSettings
 
     recognizer = load_recognizer(RecognizerSettings(model_dir=str(model), warmup=False))
 
@@ -415,7 +415,7 @@ def test_a_pause_between_words_gets_no_speculative_decode_on_a_shared_model(mode
     from agent.pipeline.scheduler import DecodeScheduler
     from agent.pipeline.settings import PipelineSettings
     from agent.recognizer import load_recognizer
-    from agent.settings import RecognizerSettings
+    from agent.recognizer.settings import RecognizerSettings
 
     wav = write_wav(tmp_path / "pause.wav", np.concatenate([silence(0.3), burst(0.8), silence(0.096),
                                                             burst(0.8, seed=1), silence(1.0)]))

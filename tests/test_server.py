@@ -1,7 +1,7 @@
 """`stt-agent serve`: real WebSocket clients over loopback against the real server process.
 
 Auth (good, bad, missing, bound to another device), limits (max streams, frame too large, idle),
-the seed's hex-JSON client, Opus frames, resampled and float formats, stop, a client vanishing
+the hex-JSON `{"audio": ...}` client of `/ws/stt`, Opus frames, resampled and float formats, stop, a client vanishing
 mid-utterance (its final still reaches MQTT), many streams at once each getting its own finals,
 SIGTERM draining every stream.
 """
@@ -376,7 +376,8 @@ def test_a_client_that_stops_gets_its_final_while_the_model_is_behind(tmp_path, 
     from agent.pipeline.scheduler import DecodeScheduler
     from agent.recognizer import load_recognizer
     from agent.server.loop import NetworkLoop
-    from agent.settings import RecognizerSettings, Settings
+    from agent.recognizer.settings import RecognizerSettings
+    from agent.settings import Settings
 
     recognizer = load_recognizer(RecognizerSettings(model_dir=str(model), warmup=False))
     slow = threading.Event()

@@ -323,7 +323,8 @@ def test_audio_stop_gets_its_transcript_while_the_model_is_behind(model):
     from agent.pipeline.scheduler import DecodeScheduler
     from agent.recognizer import load_recognizer
     from agent.server.loop import NetworkLoop
-    from agent.settings import RecognizerSettings, Settings
+    from agent.recognizer.settings import RecognizerSettings
+    from agent.settings import Settings
 
     recognizer = load_recognizer(RecognizerSettings(model_dir=str(model), warmup=False))
     never = threading.Event()
@@ -556,7 +557,8 @@ def test_transcript_names_and_terms_travel_with_the_utterance_to_the_decoder(mod
     from agent.pipeline.scheduler import DecodeScheduler
     from agent.recognizer import load_recognizer
     from agent.server.loop import NetworkLoop
-    from agent.settings import RecognizerSettings, Settings
+    from agent.recognizer.settings import RecognizerSettings
+    from agent.settings import Settings
 
     recognizer = load_recognizer(RecognizerSettings(model_dir=str(model), warmup=False))
     asked = []

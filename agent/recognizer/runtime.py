@@ -10,7 +10,7 @@ from agent.errors import ConfigError, ModelError
 from agent.recognizer import ort_cache
 from agent.recognizer.ort_env import (  # noqa: F401 - installed_runtimes: asked of this module too
     first_line, import_onnxruntime, installed_runtimes, pin_malloc_mmap_threshold)
-from agent.settings import RecognizerSettings
+from agent.recognizer.settings import RecognizerSettings
 
 log = logging.getLogger(__name__)
 EP_NAMES = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
@@ -69,7 +69,7 @@ def create_session(path: Path, settings: RecognizerSettings) -> Session:
     # The memory pattern is planned and kept per input shape, i.e. per utterance length: a live
     # stream of ever new lengths grew RSS by ~0.07 MiB per new length (about 35 MiB before all
     # lengths up to max_utterance_s are seen). Without it RSS stays flat; decode time is unchanged
-    # within 2% (docs/BENCHMARKS.md).
+    # within 2% (docs/benchmarks/pipeline.md).
     options.enable_mem_pattern = False
     options.log_severity_level = 3  # ORT's own warnings are noise for operators; failures are reported below
     session = None

@@ -18,7 +18,7 @@ from agent.recognizer.model_dir import load_vocabulary, locate, read_contract
 from agent.recognizer.phrases import HotwordError, merge
 from agent.recognizer.result import Recognition
 from agent.recognizer.runtime import create_session, device_kind
-from agent.settings import RecognizerSettings
+from agent.recognizer.settings import RecognizerSettings
 
 log = logging.getLogger(__name__)
 _NUMPY_INT = {"tensor(int32)": np.int32, "tensor(int64)": np.int64}

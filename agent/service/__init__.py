@@ -1,11 +1,15 @@
 """Running as a systemd service: sd_notify, a watchdog that pings only while the parts that must live move,
-journald logging. Everything is a no-op when systemd did not start the process.
+the health file, journald logging. Everything is a no-op when systemd did not start the process.
 
 - `Notifier` / `watchdog_interval` (notify.py): sd_notify over `$NOTIFY_SOCKET` (READY, STATUS,
   WATCHDOG, RELOADING, STOPPING, EXTEND_TIMEOUT_USEC).
-- `Progress` / `Watchdog` (watchdog.py): `Progress(parts=("audio", "network"), backlog=...)` is ticked by
-  the local pull loop (a block consumed, a device being reopened), the network loop's heartbeat and the
-  decode worker; the watchdog withholds its pings when one of them stops (agent/app.py wires it).
+- `Progress` / `Watchdog` (watchdog.py): agent/app.py builds one `Progress` with the parts this run has
+  ("audio" for a local source, "network" when the WebSocket or Wyoming server runs) and the decoder's
+  backlog; the local listener ticks it per block consumed (or while its device is reopened), the network
+  loop's heartbeat beats "network", the decode worker wraps each decode. The watchdog withholds its
+  pings when one of them stops; /healthz and /readyz (agent/server/probes.py) ask the same `Progress`.
+- health_file.py: where the watchdog writes its verdict every round and `stt-agent health` reads it
+  (one file per config).
 - `setup_logging` (logging.py): journald fields or stderr lines; `LoggingSettings`, `WatchdogSettings`.
 """
 

@@ -275,6 +275,7 @@ class Watchdog:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+        self.notifier.close()  # its socket; a later message opens it again
         if self.health_file is not None:
             from agent.service import health_file
 
