@@ -97,7 +97,7 @@ def wait_listening(proc, port: int, seconds: float, what: str) -> None:
     deadline = time.monotonic() + seconds
     while True:
         if proc.poll() is not None:
-            raise SystemExit(f"{what} exited: {proc.stderr.read().decode()[-2000:]}")
+            raise SystemExit(f"{what} exited: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
         try:
             socket.create_connection(("127.0.0.1", port), 0.2).close()
             return
