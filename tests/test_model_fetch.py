@@ -470,3 +470,19 @@ def test_huggingface_hub_is_imported_only_for_a_hub_look_up():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parent.parent)
     assert out.stdout.strip() == "[]"
+
+
+def test_an_unreachable_hub_look_up_is_hub_unreachable(tmp_path):
+    """huggingface_hub's connection errors are retried as ours are, then exit 69's error."""
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on: connection refused, at once
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    _manifest(tmp_path, pinned=False)
+    lines = []
+    with pytest.raises(model_fetch.HubUnreachableError) as err:
+        fetch_model("tiny", tmp_path / "models", manifest_path=tmp_path / "manifest.json", endpoint=closed,
+                    retries=1, backoff=0.0, timeout=5.0, progress=lines.append)
+    assert str(err.value).startswith(f"file list of {REPO}@{REV}: cannot reach the model hub: giving up after 2 attempts")
+    assert err.value.exit_code == 69 and sum("retrying" in line for line in lines) == 1
