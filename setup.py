@@ -34,6 +34,7 @@ setup(
         "wyoming>=1.7",  # Home Assistant's speech-to-text protocol (transcript streaming came in 1.7)
         "zeroconf>=0.120",  # announces the Wyoming service on the local network
         "prometheus-client>=0.17",  # GET /metrics on the server's port (agent/server/metrics.py)
+        "huggingface_hub>=2.4,<3",  # `model fetch`'s hub look-up (agent/model_fetch/hub.py); imported only there
     ],
     extras_require={
         "cpu": ["onnxruntime>=1.17"],

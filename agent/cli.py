@@ -320,9 +320,9 @@ def _add_model_optimize(sub):
 def _cmd_model(args) -> int:
     if args.model_command == "optimize":
         return cmd_optimize(args)
-    from agent import model_fetch
+    from agent.model_fetch import command
 
-    return model_fetch.run(args)
+    return command.run(args)
 
 
 def cmd_optimize(args) -> int:
@@ -448,9 +448,9 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
 
     argv = sys.argv[1:] if argv is None else argv
     if "model" in argv or not {"-h", "--help"}.isdisjoint(argv) or not argv:
-        from agent import model_fetch  # ~50 ms of imports that transcribe and run never need
+        from agent.model_fetch import command  # ~50 ms of imports that transcribe and run never need
 
-        model_fetch.add_subparser(sub, extra=_add_model_optimize).set_defaults(func=_cmd_model)
+        command.add_subparser(sub, extra=_add_model_optimize).set_defaults(func=_cmd_model)
     else:
         sub.add_parser("model", help="download, list and optimize SenseVoiceSmall ONNX models")
     return parser

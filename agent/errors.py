@@ -53,3 +53,28 @@ class UnavailableError(AgentError):
     installed. Trying again later (or installing it) can help; editing the config cannot."""
 
     exit_code = EXIT_UNAVAILABLE
+
+
+class ModelFetchError(AgentError):
+    """`model fetch` could not finish (an HTTP error, a full disk, another fetch of it running); the message
+    is one line naming the file, URL and values."""
+
+    exit_code = EXIT_FAILED
+
+
+class HubUnreachableError(ModelFetchError, UnavailableError):
+    """The model hub (or a mirror) could not be reached or kept failing: nothing about the model is wrong."""
+
+    exit_code = EXIT_UNAVAILABLE
+
+
+class ModelMismatchError(ModelFetchError, ModelError):
+    """A file is not the one the manifest pins (size or hash), downloaded or as the hub describes it."""
+
+    exit_code = EXIT_NOINPUT
+
+
+class UnknownModelError(ModelFetchError, UsageError):
+    """A `model fetch` NAME the manifest lacks (usage); the message lists the known names."""
+
+    exit_code = EXIT_USAGE

@@ -4,7 +4,7 @@ It serves ``/<repo>/resolve/<rev>/<path>`` with Range/206 support and
 ``/api/models/<repo>/revision/<rev>`` with the ``siblings`` shape huggingface_hub parses, and can
 inject faults per URL path: drop the connection after N bytes (once), corrupt a byte, answer a
 list of status codes before serving normally, or ignore Range requests (answer 200).
-Every request is logged with its Range header and the number of body bytes sent.
+Every request is logged with its Range and User-Agent headers and the number of body bytes sent.
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ def _handler_for(hub: FakeHub):
         def do_GET(self):  # noqa: N802 - http.server naming
             path = urlsplit(self.path).path
             rng = self.headers.get("Range")
+            self.user_agent = self.headers.get("User-Agent", "")
             with hub.lock:
                 queued = hub.statuses.get(path)
                 status = queued.pop(0) if queued else None
@@ -114,7 +115,8 @@ def _handler_for(hub: FakeHub):
         def _send(self, path, rng, status, body, headers, cut_after=None):
             payload = body if cut_after is None else body[:cut_after]
             # logged before anything goes out, so the client never sees an answer that is not logged yet
-            hub.record(path=path, range=rng, status=status, sent=len(payload), dropped=cut_after is not None)
+            hub.record(path=path, range=rng, status=status, sent=len(payload), dropped=cut_after is not None,
+                       user_agent=self.user_agent)
             self.send_response(status)
             unsized = path in hub.no_length
             if unsized:

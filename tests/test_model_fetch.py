@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 import hashlib
+import importlib
 import json
 import random
 from pathlib import Path
 
 import pytest
 
-from agent import model_fetch
+from agent import cli, model_fetch
 from agent.model_fetch import ModelFetchError, UnknownModelError, fetch_model, list_models
 
 try:
@@ -121,6 +121,36 @@ def test_endpoint_comes_from_the_environment(hub, tmp_path, monkeypatch):
     target = _fetch(hub, tmp_path, endpoint=None)
     assert (target / "tokens.txt").read_bytes() == TOKENS
     assert hub.requests_for(MODEL_PATH)
+
+
+def test_hf_endpoint_names_the_mirror_for_the_hub_look_up_and_the_files(hub, tmp_path, monkeypatch):
+    """HF_ENDPOINT set after huggingface_hub was imported (it reads the variable once, at import) still counts."""
+    importlib.import_module("huggingface_hub")  # first, as a long-lived process would have
+
+    _manifest(tmp_path, pinned=False)
+    monkeypatch.delenv("STT_AGENT_HF_ENDPOINT", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    target = _fetch(hub, tmp_path, endpoint=None)
+    (look_up,) = hub.requests_for(API_PATH)
+    assert "hf_hub/" in look_up["user_agent"], "the look-up goes through huggingface_hub"
+    assert hub.requests_for(MODEL_PATH) and (target / "model.int8.onnx").read_bytes() == MODEL
+
+
+def test_a_hub_look_up_answered_5xx_is_retried(hub, tmp_path):
+    _manifest(tmp_path, pinned=False)
+    hub.statuses[API_PATH] = [503]
+    target = _fetch(hub, tmp_path)
+    assert [r["status"] for r in hub.requests_for(API_PATH)] == [503, 200]
+    assert (target / "tokens.txt").read_bytes() == TOKENS
+
+
+def test_a_hub_look_up_answered_404_is_final(hub, tmp_path):
+    _manifest(tmp_path, pinned=False)
+    hub.statuses[API_PATH] = [404]
+    with pytest.raises(ModelFetchError) as err:
+        _fetch(hub, tmp_path)
+    assert f"HTTP 404 (not found) for {hub.url}{API_PATH}?blobs=true" == str(err.value)
+    assert len(hub.requests_for(API_PATH)) == 1 and not hub.requests_for(MODEL_PATH)
 
 
 # ------------------------------------------------------------------------------------- resume
@@ -321,31 +351,25 @@ def test_unknown_name_lists_the_known_ones(hub, tmp_path):
     assert not hub.log
 
 
-def _cli(argv):
-    parser = argparse.ArgumentParser(prog="stt-agent")
-    model_fetch.add_subparser(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(argv)
-
-
 def test_cli_exit_codes(hub, tmp_path, monkeypatch, capsys):
     manifest = _manifest(tmp_path)
     monkeypatch.setenv("STT_AGENT_HF_ENDPOINT", hub.url)
     models = str(tmp_path / "models")
     common = ["--models-dir", models, "--manifest", str(manifest)]
 
-    assert model_fetch.run(_cli(["model", "fetch", "nope", *common])) == 2
+    assert cli.main(["model", "fetch", "nope", *common]) == 2
     err = capsys.readouterr().err
     assert "unknown model 'nope'" in err and "other, tiny" in err
 
-    assert model_fetch.run(_cli(["model", "fetch", "tiny", *common])) == 0
+    assert cli.main(["model", "fetch", "tiny", *common]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "models" / "tiny-model")
 
-    assert model_fetch.run(_cli(["model", "list", *common])) == 0
+    assert cli.main(["model", "list", *common]) == 0
     out = capsys.readouterr().out
     assert "tiny" in out and "[default, installed]" in out and "other" in out
 
     hub.statuses[MODEL_PATH] = [404]
-    assert model_fetch.run(_cli(["model", "fetch", "tiny", "--force", *common])) == 1
+    assert cli.main(["model", "fetch", "tiny", "--force", *common]) == 1
     assert "404" in capsys.readouterr().err
     assert (tmp_path / "models" / "tiny-model" / "model.int8.onnx").read_bytes() == MODEL, "old install kept"
 
@@ -407,7 +431,7 @@ def test_a_disk_that_fills_up_is_said_so_and_the_download_resumes_after(hub, tmp
     import subprocess
 
     _manifest(tmp_path)
-    monkeypatch.setattr(model_fetch, "DISK_MARGIN_BYTES", -(1 << 30))  # let it start: the disk fills meanwhile
+    monkeypatch.setattr(model_fetch.download, "DISK_MARGIN_BYTES", -(1 << 30))  # let it start: the disk fills meanwhile
     with pytest.raises(ModelFetchError) as err:
         fetch_model("tiny", small_disk, manifest_path=tmp_path / "manifest.json", endpoint=hub.url, backoff=0.0,
                     timeout=5.0, progress=lambda line: None)
@@ -428,10 +452,37 @@ def test_an_unreachable_hub_is_exit_69_naming_the_mirror_and_the_manual_download
     """Before: `gaierror: [Errno -2]` after 15 s, exit 1. `.invalid` never resolves (RFC 2606)."""
     manifest = _manifest(tmp_path)
     monkeypatch.setenv("STT_AGENT_HF_ENDPOINT", "http://hub.invalid")
-    monkeypatch.setattr(model_fetch.time, "sleep", lambda s: None)  # the 5 retries' backoff, not the test's time
-    code = model_fetch.run(_cli(["model", "fetch", "tiny", "--models-dir", str(tmp_path / "models"),
-                                 "--manifest", str(manifest)]))
+    monkeypatch.setattr(model_fetch.download.time, "sleep", lambda s: None)  # the 5 retries' backoff, not the test's time
+    code = cli.main(["model", "fetch", "tiny", "--models-dir", str(tmp_path / "models"), "--manifest", str(manifest)])
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after a line per retry
     assert code == 69 == model_fetch.HubUnreachableError.exit_code
     assert "cannot reach the model hub: giving up after 5 attempts" in err
     assert "set STT_AGENT_HF_ENDPOINT (or HF_ENDPOINT) to a mirror" in err and "models/README.md" in err
+
+
+def test_huggingface_hub_is_imported_only_for_a_hub_look_up():
+    """The `model` parser and a fetch module load leave it out: only an unpinned file's look-up needs it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from agent import cli; cli.build_parser(['model', 'list']); import agent.model_fetch; "
+            "print(sorted(m for m in ('huggingface_hub', 'httpx2') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.stdout.strip() == "[]"
+
+
+def test_an_unreachable_hub_look_up_is_hub_unreachable(tmp_path):
+    """huggingface_hub's connection errors are retried as ours are, then exit 69's error."""
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on: connection refused, at once
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    _manifest(tmp_path, pinned=False)
+    lines = []
+    with pytest.raises(model_fetch.HubUnreachableError) as err:
+        fetch_model("tiny", tmp_path / "models", manifest_path=tmp_path / "manifest.json", endpoint=closed,
+                    retries=1, backoff=0.0, timeout=5.0, progress=lines.append)
+    assert str(err.value).startswith(f"file list of {REPO}@{REV}: cannot reach the model hub: giving up after 2 attempts")
+    assert err.value.exit_code == 69 and sum("retrying" in line for line in lines) == 1
