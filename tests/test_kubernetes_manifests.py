@@ -466,3 +466,57 @@ def test_renderer_agrees_with_real_kustomize(tree, rendered, name):
     assert sorted(theirs) == sorted(ours)
     for key, obj in ours.items():
         assert obj == theirs[key], key
+
+
+def test_the_server_scales_on_the_decoder_load_and_a_full_pod_takes_no_new_devices(rendered, tmp_path, monkeypatch):
+    """deploy/kubernetes/server: readiness is admission, the HPA reads the metric the server exports (through
+    prometheus-adapter's rule, or KEDA's query), and sessions end so that devices spread over new pods."""
+    objects = rendered["server"]
+    deployment = one(objects, "Deployment", "stt-agent-server")
+    container = agent_container(deployment)
+    readiness = container["readinessProbe"]
+    assert readiness["httpGet"]["path"] == "/readyz"  # 503 at max_streams or over admission_load
+    assert readiness["failureThreshold"] == 1 and readiness["periodSeconds"] <= 5
+    assert "replicas" not in deployment["spec"]  # the HPA's to set: an apply would reset it
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    path = tmp_path / "config.yaml"
+    path.write_text(one(objects, "ConfigMap", volumes["config"]["configMap"]["name"])["data"]["config.yaml"])
+    for var in [v for v in os.environ if v.startswith("STT_AGENT_")]:
+        monkeypatch.delenv(var)
+    server = agent_settings.load(path).server
+    assert server.max_session_s > 0  # streams end and reconnect, so a scale-out gets its share
+
+    hpa = one(objects, "HorizontalPodAutoscaler", "stt-agent-server")
+    assert hpa["metadata"]["namespace"] == "stt-agent"
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                             "name": deployment["metadata"]["name"]}
+    assert 2 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] == "Pods" and metric["pods"]["target"]["type"] == "AverageValue"
+    target = float(metric["pods"]["target"]["averageValue"].rstrip("m")) / 1000
+    assert 0 < target < server.admission_load  # a pod is added before admission refuses streams
+
+    # The metric: the gauge agent/server/metrics.py exports, with its kind="finals" series.
+    source = (ROOT / "agent" / "server" / "metrics.py").read_text(encoding="utf-8")
+    assert 'GaugeMetricFamily("stt_decoder_load"' in source and 'labels=("kind",)' in source
+    values = yaml.safe_load((DEPLOY / "server" / "autoscaling" / "prometheus-adapter-values.yaml").read_text())
+    (rule,) = values["rules"]["custom"]
+    assert rule["name"]["as"] == metric["pods"]["metric"]["name"]
+    assert rule["seriesQuery"].startswith("stt_decoder_load{") and 'kind="finals"' in rule["seriesQuery"]
+    assert 'kind="finals"' in rule["metricsQuery"] and set(rule["resources"]["overrides"]) == {"namespace", "pod"}
+
+    keda = yaml.safe_load((DEPLOY / "server" / "autoscaling" / "keda-scaledobject.yaml").read_text())
+    assert (keda["apiVersion"], keda["kind"]) == ("keda.sh/v1alpha1", "ScaledObject")
+    assert keda["metadata"]["namespace"] == hpa["metadata"]["namespace"]
+    assert keda["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    assert (keda["spec"]["minReplicaCount"], keda["spec"]["maxReplicaCount"]) == (
+        hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"])
+    assert keda["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"] == hpa["spec"]["behavior"]
+    (trigger,) = keda["spec"]["triggers"]
+    assert trigger["type"] == "prometheus" and float(trigger["metadata"]["threshold"]) == target
+    query = trigger["metadata"]["query"]
+    assert query.startswith("sum(stt_decoder_load{") and 'kind="finals"' in query  # sum / threshold = replicas
+    assert f'namespace="{hpa["metadata"]["namespace"]}"' in query
+    # One autoscaler per Deployment: the ScaledObject is applied instead of hpa.yaml, never rendered with it.
+    kustomization = yaml.safe_load((DEPLOY / "server" / "kustomization.yaml").read_text())
+    assert not any(entry.startswith("autoscaling") for entry in kustomization["resources"])

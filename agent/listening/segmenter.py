@@ -136,6 +136,15 @@ class Segmenter:
         """The open utterance's id, or None between utterances."""
         return self._utt_id if self._state in (ACTIVE, PAUSED) else None
 
+    @property
+    def at_rest(self) -> bool:
+        """Between utterances with nothing pending: no utterance is open, and no speech heard since the last
+        one could still join the next (a short first word within endpoint_silence_ms before it). Ending the
+        stream here cuts nothing."""
+        if self._state != IDLE:
+            return False
+        return self._last_voiced_end is None or self.position - self._last_voiced_end >= self._endpoint
+
     def current_audio(self) -> UtteranceAudio | None:
         """A copy of the open utterance so far (pre-roll included, up to `position`), or None."""
         if self._state not in (ACTIVE, PAUSED):

@@ -3,15 +3,17 @@
 Refusals come before the upgrade, with an HTTP status: 400 (an unusable device id), 401 (no or wrong
 token), 403 (a token bound to another device), 503 with Retry-After (full, the model at capacity, or
 stopping). After it, the connection owns its device id (agent/server/devices.py) and feeds a Listener
-through a bounded inbox (agent/server/stream.py). Close codes: 1000 (stop, idle, session limit),
+through a bounded inbox (agent/server/stream.py). Close codes: 1000 (stop, idle),
 1001 (the server stops), 1008 (a protocol error, a client that reads none of its events), 1009 (a
-message over server.max_frame_bytes), 4000 (replaced by a newer connection of the same device).
+message over server.max_frame_bytes), 4000 (replaced by a newer connection of the same device), 4001
+(server.max_session_s: reconnect, perhaps to another replica; closed between two utterances).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Optional, Tuple
@@ -31,6 +33,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 PATH_PREFIX = "/ws/stt/"
 RETRY_AFTER_S = "30"
+# server.max_session_s: the device is asked to reconnect (docs/SCALING.md), so that long-lived connections
+# spread over the replicas a scale-out added.
+SESSION_LIMIT_CODE = 4001
+# Each connection's limit is shortened by up to this share at random: 500 devices that connected at boot
+# within a second would otherwise all reconnect within that second, every max_session_s.
+SESSION_JITTER = 0.1
 
 
 class Ingest:
@@ -173,10 +181,16 @@ class Ingest:
         hex_decoder = AudioDecoder(StreamFormat())  # {"audio": hex}: always s16le 16 kHz
         if first is not None:
             await stream.push(decoder.decode(first))
-        limit = self.s.max_session_s
+        limit = self.s.max_session_s * (1.0 - SESSION_JITTER * random.random())  # noqa: S311 - not a secret
+        # A stream that never pauses (a TV on) is closed anyway, its open utterance finished, once it has
+        # spoken one utterance's maximum past the limit: no longer than any utterance can be.
+        hard_limit = limit + self.net.settings.segmenter.max_utterance_s
         while True:
-            if limit and time.monotonic() - stream.started > limit:
-                return 1000, f"the session reached server.max_session_s ({limit:g} s)"
+            if self.s.max_session_s and time.monotonic() - stream.started > limit:
+                # Between utterances only: the device reconnects with nothing cut, at most one utterance late.
+                if await stream.at_rest() or time.monotonic() - stream.started > hard_limit:
+                    return SESSION_LIMIT_CODE, (f"server.max_session_s ({self.s.max_session_s:g} s) reached: "
+                                                "reconnect")
             if sink.overflowed:
                 return 1008, "the client does not read its events"
             if stream.failed is not None:

@@ -65,6 +65,18 @@ class NetworkStream:
         except asyncio.QueueFull:
             return False
 
+    async def at_rest(self) -> bool:
+        """Whether the stream is between utterances once everything pushed so far was fed (the segmenter's
+        at_rest): a connection closed now cuts no utterance. False if the stream has stopped feeding."""
+        if self._task.done():
+            return False
+        joined = asyncio.ensure_future(self._inbox.join())
+        await asyncio.wait({joined, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        if not joined.done():
+            joined.cancel()
+            return False
+        return self.listener.segmenter.at_rest
+
     def seconds_in(self) -> float:
         return self.samples_in / RATE
 
@@ -97,10 +109,10 @@ class NetworkStream:
         listener = self.listener
         while True:
             item = await self._inbox.get()
-            if item is _END:
-                listener.finish()
-                return
             try:
+                if item is _END:
+                    listener.finish()
+                    return
                 if isinstance(item, dict):
                     listener.apply(item)
                 else:
@@ -110,6 +122,8 @@ class NetworkStream:
                 self.failed = exc
                 listener.finish()
                 return
+            finally:
+                self._inbox.task_done()  # at_rest() waits for the inbox to be fed
 
 
 class SocketSink:
