@@ -18,6 +18,7 @@ from mosquitto_fixture import free_port
 
 openai = pytest.importorskip("openai")
 websockets = pytest.importorskip("websockets")
+import websockets.asyncio.client  # noqa: E402  (not imported by the package itself)
 
 TOKEN = "0123456789abcdef0123456789abcdef"
 
@@ -54,15 +55,14 @@ def test_the_g711_tables_are_itu_ts():
     assert len(set(ULAW.tolist())) == 255 and len(set(ALAW.tolist())) == 256  # mu-law has +0 and -0
 
 
-@pytest.fixture(scope="module")
-def serve(tmp_path_factory, model):
-    tmp = tmp_path_factory.mktemp("realtime")
+def serving(tmp, model, server_extra=""):
+    """`serve` with the energy VAD on a free port; yields the port, stops it after."""
     port = free_port()
     tokens = tmp / "tokens"
     tokens.write_text(f"{TOKEN}\n", encoding="utf-8")
     config = tmp / "serve.yaml"
     config.write_text(f"recognizer:\n  model_dir: {model}\nvad:\n  kind: energy\nserver:\n  host: 127.0.0.1\n"
-                      f"  port: {port}\n  tokens_file: {tokens}\n  max_ahead_s: 60\n", encoding="utf-8")
+                      f"  port: {port}\n  tokens_file: {tokens}\n  max_ahead_s: 60\n{server_extra}", encoding="utf-8")
     proc = start_serve(config, port)
     yield port
     proc.send_signal(signal.SIGTERM)
@@ -70,6 +70,11 @@ def serve(tmp_path_factory, model):
         proc.communicate(timeout=30)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+@pytest.fixture(scope="module")
+def serve(tmp_path_factory, model):
+    yield from serving(tmp_path_factory.mktemp("realtime"), model)
 
 
 def client(port, key=TOKEN):
@@ -187,3 +192,46 @@ def test_a_wrong_api_key_is_refused_before_the_upgrade(serve):
     with pytest.raises(Exception) as info:
         asyncio.run(attempt())
     assert "401" in str(info.value)
+
+
+def test_a_session_past_max_session_s_ends_between_turns_with_session_expired_and_4001(tmp_path, model):
+    """The limit passes while a turn is open: the turn is transcribed whole, then the server sends OpenAI's
+    session_expired error and closes with 4001 (reconnect, perhaps to another replica)."""
+    async def scenario(port):
+        url = f"ws://127.0.0.1:{port}/v1/realtime?intent=transcription"
+        async with websockets.asyncio.client.connect(url, additional_headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
+            events = [json.loads(await ws.recv())]
+
+            async def append(samples):
+                audio = pcm16(samples)
+                for i in range(0, len(audio), 4800):
+                    await ws.send(json.dumps({"type": "input_audio_buffer.append",
+                                              "audio": base64.b64encode(audio[i:i + 4800]).decode()}))
+
+            await append(np.concatenate([np.zeros(7200), speech(0.6, 1, 24000)]))
+            while events[-1]["type"] != "input_audio_buffer.speech_started":
+                events.append(json.loads(await asyncio.wait_for(ws.recv(), 20)))
+            await asyncio.sleep(1.1)  # past max_session_s (1 s, less up to 10%) inside the turn
+            try:
+                await append(np.concatenate([speech(0.6, 2, 24000), np.zeros(36000)]))
+            except websockets.exceptions.ConnectionClosed:
+                pass
+            try:
+                async for message in ws:
+                    events.append(json.loads(message))
+            except websockets.exceptions.ConnectionClosed:
+                pass
+            return events, ws.close_code, ws.close_reason
+
+    gen = serving(tmp_path, model, "  max_session_s: 1\n")
+    port = next(gen)
+    try:
+        events, code, reason = asyncio.run(scenario(port))
+    finally:
+        next(gen, None)
+    kinds = [e["type"] for e in events]
+    completed = [e for e in events if e["type"] == "conversation.item.input_audio_transcription.completed"]
+    assert len(completed) == 1 and completed[0]["transcript"].startswith(tm.PATTERN_TEXT), kinds
+    assert completed[0]["audio_end"] - completed[0]["audio_start"] > 1.0  # both halves, before and after the limit
+    assert kinds[-1] == "error" and events[-1]["error"]["code"] == "session_expired", kinds
+    assert code == 4001 and "server.max_session_s (1 s) reached: reconnect" in reason

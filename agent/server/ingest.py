@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Optional, Tuple
@@ -25,7 +24,7 @@ from agent.events import Problem
 from agent.pipeline.listener import Listener
 from agent.server import auth
 from agent.server.protocol import AudioDecoder, ProtocolError, StreamFormat, parse_text
-from agent.server.stream import NetworkStream, SocketSink
+from agent.server.stream import SESSION_LIMIT_CODE, NetworkStream, SessionLimit, SocketSink
 
 if TYPE_CHECKING:
     from agent.server.loop import NetworkLoop
@@ -33,12 +32,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 PATH_PREFIX = "/ws/stt/"
 RETRY_AFTER_S = "30"
-# server.max_session_s: the device is asked to reconnect (docs/SCALING.md), so that long-lived connections
-# spread over the replicas a scale-out added.
-SESSION_LIMIT_CODE = 4001
-# Each connection's limit is shortened by up to this share at random: 500 devices that connected at boot
-# within a second would otherwise all reconnect within that second, every max_session_s.
-SESSION_JITTER = 0.1
 
 
 class Ingest:
@@ -181,16 +174,11 @@ class Ingest:
         hex_decoder = AudioDecoder(StreamFormat())  # {"audio": hex}: always s16le 16 kHz
         if first is not None:
             await stream.push(decoder.decode(first))
-        limit = self.s.max_session_s * (1.0 - SESSION_JITTER * random.random())  # noqa: S311 - not a secret
-        # A stream that never pauses (a TV on) is closed anyway, its open utterance finished, once it has
-        # spoken one utterance's maximum past the limit: no longer than any utterance can be.
-        hard_limit = limit + self.net.settings.segmenter.max_utterance_s
+        limit = SessionLimit(self.s.max_session_s, self.net.settings.segmenter.max_utterance_s)
         while True:
-            if self.s.max_session_s and time.monotonic() - stream.started > limit:
-                # Between utterances only: the device reconnects with nothing cut, at most one utterance late.
-                if await stream.at_rest() or time.monotonic() - stream.started > hard_limit:
-                    return SESSION_LIMIT_CODE, (f"server.max_session_s ({self.s.max_session_s:g} s) reached: "
-                                                "reconnect")
+            # Between utterances only: the device reconnects with nothing cut, at most one utterance late.
+            if limit.due() and (await stream.at_rest() or limit.overdue()):
+                return SESSION_LIMIT_CODE, limit.reason
             if sink.overflowed:
                 return 1008, "the client does not read its events"
             if stream.failed is not None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import itertools
 import json
 import logging
@@ -38,7 +39,7 @@ from agent.events import Stamped
 from agent.pipeline.listener import Listener
 from agent.server import auth
 from agent.server.ingest import RETRY_AFTER_S, peer_of, token_of
-from agent.server.stream import EventRelay, NetworkStream
+from agent.server.stream import SESSION_LIMIT_CODE, EventRelay, NetworkStream, SessionLimit
 
 if TYPE_CHECKING:
     from agent.server.loop import NetworkLoop
@@ -162,6 +163,9 @@ class _Session:
                 await self.stream.finish(max(s.pipeline.drain_timeout_s, s.server.idle_timeout_s) + 1)
                 await self._relay.settled()  # the last final is sent
                 claim.emitter.detach(self._relay)
+                if code == SESSION_LIMIT_CODE:  # OpenAI's own error for a session past its maximum duration
+                    with contextlib.suppress(ConnectionError):  # the client left meanwhile
+                        await self._error("session_expired", reason)
             await self._relay.stop()
             await self.ws.close(code=code, message=reason[:120].encode())
             net.registry.release(claim, self.stream.next_utterance_id if self.stream else claim.first_utterance_id)
@@ -179,7 +183,10 @@ class _Session:
 
     async def _read(self):
         idle = self.net.s.idle_timeout_s
+        limit = SessionLimit(self.net.s.max_session_s, self.net.settings.segmenter.max_utterance_s)
         while True:
+            if limit.due() and (await self._at_rest() or limit.overdue()):
+                return SESSION_LIMIT_CODE, limit.reason  # session_expired is sent after the last final
             try:
                 msg = await self.ws.receive(timeout=idle)
             except asyncio.TimeoutError:
@@ -196,6 +203,12 @@ class _Session:
                 return self.ws.close_code or 1002, f"the connection failed: {msg.data}"
             else:
                 return 1000, "the client closed the connection"
+
+    async def _at_rest(self) -> bool:
+        """Between turns: no uncommitted audio (turn_detection null), or the segmenter between utterances."""
+        if self.turn_detection is None:
+            return not self._manual
+        return await self.stream.at_rest()
 
     def _open_stream(self, first_utterance_id: int) -> None:
         net, claim = self.net, self.claim

@@ -104,8 +104,9 @@ class ServerSettings:
     idle_timeout_s: float = setting(
         30.0, "A connection that sends nothing for this long is closed.", min=1.0, max=86400.0)
     max_session_s: float = setting(
-        0.0, "Longest WebSocket stream (/ws/stt) in seconds, less up to 10% at random: at the first pause between "
-             "utterances after it, the server closes it with code 4001 and the device reconnects, perhaps to "
+        0.0, "Longest WebSocket stream (/ws/stt and /v1/realtime) in seconds, less up to 10% at random: at the "
+             "first pause between utterances after it, the server closes it with code 4001 (realtime: after a "
+             "session_expired error event) and the device reconnects, perhaps to "
              "another replica (docs/SCALING.md). A stream that never pauses is closed segmenter.max_utterance_s "
              "later, its open utterance finished. 0 = no limit.", min=0.0, max=604800.0)
     max_ahead_s: float = setting(

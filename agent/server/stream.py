@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import random
 import time
 from typing import Optional
 
@@ -32,6 +33,34 @@ INBOX = 32
 # finals at this depth (minutes of speech) is closed: they still reached MQTT.
 SEND_QUEUE = 512
 _END = object()
+# server.max_session_s: a connection past it is closed with this code between two utterances, and the device
+# reconnects, perhaps to another replica (docs/SCALING.md).
+SESSION_LIMIT_CODE = 4001
+# Each connection's limit is shortened by up to this share at random: 500 devices that connected at boot
+# within a second would otherwise all reconnect within that second, every max_session_s.
+SESSION_JITTER = 0.1
+
+
+class SessionLimit:
+    """server.max_session_s for one connection. `due()` once the (jittered) limit has passed: the caller
+    closes at the next pause between utterances; `overdue()` one utterance's maximum later, when a stream
+    that never pauses (a TV on) is closed anyway, its open utterance finished."""
+
+    def __init__(self, max_session_s: float, max_utterance_s: float):
+        self.max_session_s = max_session_s
+        self.started = time.monotonic()
+        self._soft = max_session_s * (1.0 - SESSION_JITTER * random.random())  # noqa: S311 - not a secret
+        self._hard = self._soft + max_utterance_s
+
+    def due(self) -> bool:
+        return bool(self.max_session_s) and time.monotonic() - self.started > self._soft
+
+    def overdue(self) -> bool:
+        return bool(self.max_session_s) and time.monotonic() - self.started > self._hard
+
+    @property
+    def reason(self) -> str:
+        return f"server.max_session_s ({self.max_session_s:g} s) reached: reconnect"
 
 
 class NetworkStream:
