@@ -15,7 +15,6 @@ import time
 
 import numpy as np
 import pytest
-import tiny_models as tm
 from helpers import ROOT, emit_all, final, run, settings_for, utterance, write_wav
 from mosquitto_fixture import Subscriber, needs_mosquitto
 
