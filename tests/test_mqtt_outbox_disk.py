@@ -108,19 +108,22 @@ def test_finals_waiting_in_an_outage_survive_a_sigkill_of_run_and_arrive_once_in
     assert [k for k, _ in waiting].count("final") == 3 and {k for k, _ in waiting} == {"final", "emotion", "language"}
     assert [s for _, s in waiting] == sorted(s for _, s in waiting)
 
-    b.start()
-    second = run("run", "--config", str(config), "--input", str(silence), "--fast", timeout=120)
+    b.start()  # the next run says three utterances of its own: the first run's go first
+    second = run("run", "--config", str(config), "--input", str(speech), "--fast", timeout=120)
     assert second.returncode == 0, second.stderr
-    assert "from an earlier run read back from" in second.stderr
-    finals = sub.wait_topic("stt-agent/box1/stt/final", 3, timeout=20)
+    assert "9 event(s) from an earlier run read back from" in second.stderr
+    sub.wait_topic("stt-agent/box1/stt/final", 6, timeout=20)
     time.sleep(0.5)  # a doubled one would arrive now
     finals = sub.on("stt-agent/box1/stt/final")
     bodies = [json.loads(m.payload) for m in finals]
-    assert [body["utterance_id"] for body in bodies] == [1, 2, 3], bodies
-    assert len({body["session"] for body in bodies}) == 1 and not any(m.dup for m in finals)
-    seqs = [json.loads(m.payload)["seq"] for m in sub.messages
-            if m.topic.split("/")[-1] in ("final", "emotion", "language")]
-    assert seqs == sorted(seqs) and len(seqs) == len(set(seqs)) == len(waiting)
+    sessions = list(dict.fromkeys(body["session"] for body in bodies))
+    assert len(sessions) == 2 and not any(m.dup for m in finals)
+    assert [(sessions.index(body["session"]), body["utterance_id"]) for body in bodies] == [
+        (0, 1), (0, 2), (0, 3), (1, 1), (1, 2), (1, 3)], bodies  # each once, the killed run's first, in order
+    old = [json.loads(m.payload)["seq"] for m in sub.messages if m.topic.split("/")[-1] in ("final", "emotion",
+                                                                                            "language")
+           and json.loads(m.payload)["session"] == sessions[0]]
+    assert old == [s for _, s in waiting]  # emotion and language too, once each, in seq order
     assert rows(outbox) == []  # each row deleted at its PUBACK
     sub.close()
 
@@ -302,3 +305,25 @@ def test_the_byte_cap_in_a_long_outage_drops_the_oldest_non_finals_first_counted
     assert len(kept) == 2 * n - lost and min(kept) > 1  # the oldest went, the newest stayed
     assert utterances["emotion"][-1] == utterances["language"][-1] == n
     sub.close()
+
+
+def test_the_byte_cap_drops_partials_then_the_oldest_non_final_then_statuses_and_finals_last():
+    drops = []
+    box = Outbox(100, max_bytes=1000, on_drop=lambda m, reason: drops.append((m.drop_type, m.seq, reason)))
+
+    def msg(kind, seq, event_type=None, retain=False):
+        return Message(kind, "t", b"x" * 199, 1, seq=seq, event_type=event_type, retain=retain)  # 200 bytes each
+
+    for m in (msg("status", 1, retain=True), msg("final", 2), msg("emotion", 3), msg("vad", 4, "speech_start"),
+              msg("partial", 5)):
+        box.put(m)
+    assert drops == [] and box.bytes == 1000
+    box.put(msg("final", 6))  # over the cap: the partial goes first, though it is the newest of the rest
+    box.put(msg("final", 7))  # then the oldest non-final: the emotion (3), older than the vad event (4)
+    box.put(msg("final", 8))
+    box.put(msg("final", 9))  # then the status, and only then finals, the oldest first
+    box.put(msg("final", 10))
+    assert [(t, s) for t, s, _ in drops] == [("partial", 5), ("emotion", 3), ("speech_start", 4), ("status", 1),
+                                              ("final", 2)]
+    assert {r for _, _, r in drops} == {"bytes"} and box.dropped_bytes == 5 and box.bytes == 1000
+    assert box.dropped_by_type["final"] == 1 and [box.pop().seq for _ in range(len(box))] == [6, 7, 8, 9, 10]

@@ -481,7 +481,7 @@ class MqttPublisher:
                 "fallback": self._outbox_problem is not None, "problem": self._outbox_problem,
                 "rows": store.rows if on_disk else 0, "restored": 0 if store is None else store.restored,
                 "bytes": self._outbox.bytes, "max_bytes": self._outbox.max_bytes,
-                "max_per_lane": self._outbox.max_size}
+                "max_per_lane": self._outbox.max_size, "max_age_s": self.settings.message_expiry_s}
 
     # ------------------------------------------------------------------ paho callbacks (network thread)
     def _guard(self, callback):

@@ -191,7 +191,7 @@ class DiskStore:
             if self.active:
                 try:
                     self._write(rows)
-                except (sqlite3.Error, OSError) as exc:
+                except Exception as exc:  # noqa: BLE001 - sqlite3.Error, OSError, or a bug: the memory outbox goes on
                     self._fail(_describe(exc))
             for item in batch:
                 if isinstance(item, tuple) and item[0] == "flush":
