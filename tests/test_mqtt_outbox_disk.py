@@ -82,7 +82,6 @@ def test_finals_waiting_in_an_outage_survive_a_sigkill_of_run_and_arrive_once_in
     for _ in range(3):
         parts += [rng.standard_normal(20000) * 6000, np.zeros(16000)]
     speech = write_wav(tmp_path / "three.wav", np.concatenate(parts))
-    silence = write_wav(tmp_path / "silence.wav", np.zeros(16000))
     outbox = tmp_path / "state" / "outbox.sqlite3"
     config = tmp_path / "c.yaml"
     config.write_text(
@@ -327,3 +326,12 @@ def test_the_byte_cap_drops_partials_then_the_oldest_non_final_then_statuses_and
                                               ("final", 2)]
     assert {r for _, _, r in drops} == {"bytes"} and box.dropped_bytes == 5 and box.bytes == 1000
     assert box.dropped_by_type["final"] == 1 and [box.pop().seq for _ in range(len(box))] == [6, 7, 8, 9, 10]
+
+
+def test_outbox_disk_without_a_file_or_a_state_directory_is_a_config_error(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("mqtt:\n  enabled: true\n  outbox: disk\n", encoding="utf-8")
+    proc = run("check-config", "--config", str(config))  # the tests run without $STATE_DIRECTORY (conftest.py)
+    assert proc.returncode == EXIT_CONFIG and "Traceback" not in proc.stderr
+    assert "mqtt.outbox" in proc.stderr and "outbox_path" in proc.stderr and "STATE_DIRECTORY" in proc.stderr
+    assert run("check-config", "--config", str(config), env={"STATE_DIRECTORY": str(tmp_path)}).returncode == 0

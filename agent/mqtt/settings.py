@@ -139,7 +139,7 @@ class MqttSettings:
         if self.reconnect_min_s > self.reconnect_max_s:
             yield "reconnect_min_s", (f"{self.reconnect_min_s} is above reconnect_max_s "
                                       f"({self.reconnect_max_s})")
-        if self.outbox == "disk" and self.outbox_path is None:
+        if self.enabled and self.outbox == "disk" and self.outbox_path is None:
             if state_directory() is None:
                 yield "outbox", ("disk needs a file: set mqtt.outbox_path, or run where $STATE_DIRECTORY is set "
                                  "(systemd StateDirectory=)")
