@@ -17,6 +17,9 @@ Delivery (each queued event exactly once from the agent's side, in order):
   it, paho sends it again (DUP) right after the next CONNACK. The agent never re-publishes it, so
   it cannot be doubled by the agent. Until those older messages are acknowledged, nothing newer
   leaves the outbox, which keeps the order across the reconnect.
+- With mqtt.outbox: disk, finals, emotion, language and errors are also journalled in an SQLite file
+  (store.py) from the moment they enter the outbox until their PUBACK; a run starts by queueing what
+  an earlier one left there, so it goes first (at least once across a crash: docs/EVENTS.md).
 - Partials (QoS 0) are dropped while disconnected. Queued events older than message_expiry_s are
   dropped from the outbox, and with MQTT 5 carry the remaining time as their Message Expiry Interval.
 
@@ -121,16 +124,16 @@ class MqttPublisher:
         hermes_site = settings.hermes.site_id if settings.hermes.enabled else None
         self._mapper = EventMapper(settings.topic_prefix, settings.qos, hermes_site)
         self._map_lock = threading.Lock()
-        self._store = self._open_store()  # OutboxInUse (exit 78) before anything else starts
+        self._outbox_problem: str | None = None  # why the disk outbox fell back to memory
+        self._store, restored = self._open_store()  # OutboxInUse (exit 78) before anything else starts
         self._outbox = Outbox(settings.outbox_max, on_drop=self._dropped, max_bytes=settings.outbox_max_bytes,
                               journal=self._store)
-        if self._store is not None:  # what a run before this one left: first in line, in the order it was made
-            for message in self._restored:
-                self._outbox.put(message)
+        for message in restored:  # what a run before this one left: first in line, in the order it was made
+            self._outbox.put(message)
+        if self._store is not None:
             self._outbox.dropped_expired += self._store.expired_at_start
             for kind, n in self._store.expired_by_type.items():
                 self._outbox.dropped_by_type[kind] = self._outbox.dropped_by_type.get(kind, 0) + n
-            del self._restored
         self._acks: deque = deque()  # (mid, reason code) from on_publish, consumed by the sender
         self._wake = threading.Event()
         self._connected = threading.Event()
@@ -173,18 +176,17 @@ class MqttPublisher:
         self._commander = threading.Thread(target=self._command_loop, name="mqtt-commands", daemon=True)
 
     # ------------------------------------------------------------------ the disk outbox
-    def _open_store(self) -> DiskStore | None:
-        self._outbox_problem: str | None = None
+    def _open_store(self) -> tuple[DiskStore | None, list]:
+        """The disk outbox (None: memory) and the messages an earlier run left in it."""
         path = self.settings.outbox_file(self.client_id)
-        self._restored: list = []
         if path is None:
-            return None
+            return None, []
         store = DiskStore(path, expiry_s=self.settings.message_expiry_s, on_failure=self._store_failed)
-        self._restored = store.open()
+        restored = store.open()
         if store.restored or store.expired_at_start:
             log.info("MQTT: %d event(s) from an earlier run read back from %s, to be delivered first (%d expired, "
                      "not sent)", store.restored, path, store.expired_at_start)
-        return store
+        return store, restored
 
     def _store_failed(self, reason: str):
         """The disk outbox gave up (once per run): the memory outbox goes on alone."""

@@ -38,8 +38,9 @@ log = logging.getLogger(__name__)
 # commands answer a process that is gone; statuses are re-sent by the new process; the Hermes mirror
 # is the final's copy on another topic.
 PERSISTED_KINDS = ("final", "emotion", "language", "error")
-# A writer this far behind (rows waiting in memory) means a disk that hangs: give it up. Finals come
-# at most a few per second per stream; 100,000 is minutes of 32 busy streams.
+# A writer this far behind (writes waiting in memory) means a disk that hangs: give it up. 32 streams
+# with a final every 2 s make ~100 writes/s (final, emotion, language: each added, then deleted), so
+# 100,000 is about 15 minutes of a disk that does not answer.
 MAX_BACKLOG = 100_000
 SCHEMA = """CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY, kind TEXT NOT NULL, event_type TEXT, topic TEXT NOT NULL, payload BLOB NOT NULL,
@@ -232,6 +233,8 @@ class DiskStore:
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until what was queued so far is written (tests and the benchmark)."""
+        if self._writer is None or not self._writer.is_alive():
+            return False
         done = threading.Event()
         self._queue.put(("flush", done))
         return done.wait(timeout)
