@@ -20,4 +20,6 @@ def _health_files_in_tmp(tmp_path_factory):
     /run/stt-agent or /tmp, where a real agent on this box keeps its own (watchdog.health_file: auto)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RUNTIME_DIRECTORY", str(tmp_path_factory.mktemp("runtime")))
+        # Nor their MQTT outbox into a real agent's state directory: without it, outbox: auto is memory.
+        patch.delenv("STATE_DIRECTORY", raising=False)
         yield

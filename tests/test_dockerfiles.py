@@ -47,5 +47,9 @@ def test_the_image_is_healthchecked_and_not_root():
     # /healthz where the server listens, else the health file (agent/server/probes.py)
     assert re.search(r"^HEALTHCHECK .*\n\s+CMD \[\"/opt/stt-agent/venv/bin/python\", \"-m\", \"agent.server.probes\"\]",
                      text, re.M)
+    # the MQTT outbox ($STATE_DIRECTORY, mqtt.outbox: auto) is a volume the agent's user owns
+    state = re.search(r"^\s+STATE_DIRECTORY=(\S+) \\$", text, re.M).group(1)
+    assert state in re.search(r"^VOLUME \[(.*)\]$", text, re.M).group(1)
+    assert re.search(rf"mkdir -p [^\n]*{state}", text) and "chown -R stt-agent:stt-agent /var/lib/stt-agent" in text
     users = re.findall(r"^USER (\S+)", text, re.M)
     assert users and users[-1] not in ("root", "0")

@@ -14,6 +14,7 @@ import base64
 import copy
 import hashlib
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -362,6 +363,11 @@ def test_probes_ask_the_agent_and_caches_survive_restarts(rendered, name):
     assert container["resources"]["limits"]["squat.ai/audio"] == 1
     assert volumes["cache"]["hostPath"]["path"] == "/var/cache/stt-agent"
     assert volumes["models"]["hostPath"]["path"] == "/var/lib/stt-agent/models"
+    # the MQTT outbox's file, where the image's STATE_DIRECTORY points: on the node, writable
+    dockerfile = (Path(__file__).resolve().parents[1] / "docker" / "Dockerfile").read_text(encoding="utf-8")
+    state = re.search(r"STATE_DIRECTORY=(\S+)", dockerfile).group(1)
+    assert mount_for(container, "state")["mountPath"] == state and not mount_for(container, "state").get("readOnly")
+    assert volumes["state"]["hostPath"]["path"] == state
 
 
 def test_jetson_overlay_uses_the_nvidia_runtime_on_jetsons_only(rendered):

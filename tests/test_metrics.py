@@ -286,6 +286,9 @@ def test_mqtt_connection_and_outbox_are_scraped(tmp_path, model, broker):
             assert time.monotonic() < deadline + 20, after
             time.sleep(0.1)
         assert ("stt_mqtt_outbox_depth", ()) in after and ("stt_mqtt_inflight", ()) in after
+        assert after[("stt_mqtt_outbox_on_disk", ())] == after[("stt_mqtt_outbox_fallback", ())] == 0  # memory
+        outbox_drops = {labels: v for (name, labels), v in after.items() if name == "stt_mqtt_outbox_dropped_total"}
+        assert len(outbox_drops) == 5 and sum(outbox_drops.values()) == 0, outbox_drops
         assert sum(v for (name, _), v in after.items() if name == "stt_events_dropped_total") == 0
         broker.stop()  # the broker goes away: the gauge says so
         deadline = time.monotonic() + 20

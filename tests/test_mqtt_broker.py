@@ -227,8 +227,8 @@ def test_outbox_keeps_newest_while_broker_away_then_delivers_in_order(make_broke
     stats = pub.stats()
     assert not pub.connected and stats["queued"] == 30
     by_type = {**{kind: 0 for kind in DROP_TYPES}, "final": 15, "emotion": 15, "language": 15, "partial": 25}
-    assert stats["dropped"] == {"outbox_full": 45, "expired": 0, "offline": 25, "mirrors_offline": 0,
-                                "replies": 0, "by_type": by_type, "collapsed": 0}
+    assert stats["dropped"] == {"outbox_full": 45, "outbox_bytes": 0, "expired": 0, "offline": 25,
+                                "mirrors_offline": 0, "replies": 0, "by_type": by_type, "collapsed": 0}
     assert "outbox full" in caplog.text
     b.start()
     got = sub.wait_topic("stt-agent/dev1/stt/final", 10, timeout=15)

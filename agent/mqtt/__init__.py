@@ -7,6 +7,7 @@
 - connection.py paho client construction (TLS, credentials, Last Will) and connect diagnostics
 - discovery.py  Home Assistant discovery configs
 - outbox.py     the bounded outbox: a lane for finals, one for other events, one for answers
+- store.py      the durable outbox: the kept messages in an SQLite file, read back at the next start
 - health.py     latency window and counters;  topics.py  topic names
 
 Nothing is imported here, so `agent.mqtt.settings` loads without paho.

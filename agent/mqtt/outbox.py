@@ -10,11 +10,16 @@ Three lanes, so nothing else can push a final out:
 - replies: answers to commands; at most `max_replies`; a command flood only drops its own older
   answers. It measured 6 finals of 16 lost to ~98,000 bad commands in one shared lane, and one
   device's final lost to 3,000 errors of another device in one lane of 1,000.
+Besides the counts, the finals and events lanes together hold at most `max_bytes` (topics and
+payloads): past it the oldest message that is not a final goes (a partial first, a status last), and
+a final only when nothing else is left.
 An error while one of the same (device, code) still waits is not queued: the waiting one counts it
 (`Message.repeated`) and is published with `"repeated": n`, so one device's error storm takes one
 slot. The sender takes the oldest head of the three lanes: messages leave in the order they were
 made, which keeps every device's seq order on the wire.
 The pipeline thread appends (never blocks); the publisher's sender thread takes from the front.
+`journal` (store.DiskStore, the durable outbox) is told of every message entering the lanes and of
+every drop; the publisher tells it of deliveries.
 """
 
 from __future__ import annotations
@@ -33,17 +38,22 @@ FINAL_KINDS = ("final", "emotion", "language", "hermes_text")
 DROP_TYPES = ("final", "emotion", "language", "partial", "speech_start", "speech_end", "error", "status", "reply",
               "hermes_text", "hermes_partial")
 # Why a message was dropped, as on_drop is told.
-FULL, EXPIRED, OFFLINE = "full", "expired", "offline"
+FULL, BYTES, EXPIRED, OFFLINE = "full", "bytes", "expired", "offline"
+_FINALS = ("final", "hermes_text")  # what the byte cap drops last
 
 
 class Outbox:
     def __init__(self, max_size: int, max_replies: int = 100,
-                 on_drop: Callable[[Message, str], None] | None = None):
+                 on_drop: Callable[[Message, str], None] | None = None, max_bytes: int | None = None,
+                 journal=None):
         """`on_drop(message, reason)`: called (outside the lock) for every message dropped, reason
-        FULL, EXPIRED or OFFLINE; the caller logs it."""
+        FULL, BYTES, EXPIRED or OFFLINE; the caller logs it. `max_bytes`: None = no byte cap."""
         self.max_size = max_size
         self.max_replies = max_replies
+        self.max_bytes = max_bytes
         self._on_drop = on_drop
+        self._journal = journal
+        self.bytes = 0  # topics and payloads in the finals and events lanes
         self._finals: deque = deque()
         self._events: deque = deque()
         self._replies: deque = deque()
@@ -51,6 +61,7 @@ class Outbox:
         self._partials = 0  # partials (and their mirrors) in the events lane: a full lane scans only if > 0
         self._lock = threading.Lock()
         self.dropped_full = 0  # finals and events dropped because their lane was full
+        self.dropped_bytes = 0  # dropped because the lanes held max_bytes
         self.dropped_replies = 0  # answers to commands dropped for newer answers
         self.dropped_expired = 0  # older than the message expiry when their turn came
         self.dropped_offline = 0  # partials that met a disconnected broker
@@ -62,14 +73,49 @@ class Outbox:
         return len(self._finals) + len(self._events) + len(self._replies)
 
     def put(self, message: Message) -> Message | None:
-        """Append (or collapse into a waiting error); return the message dropped to make room, if any."""
+        """Append (or collapse into a waiting error); return the message dropped to make room, if any
+        (the first one, where the byte cap took several)."""
         with self._lock:
             dropped = self._put(message)
-            if dropped is not None:
-                self._count(dropped)
-        if dropped is not None and self._on_drop is not None:
-            self._on_drop(dropped, FULL)
-        return dropped
+            drops = [(dropped, FULL)] if dropped is not None else []
+            if self.max_bytes is not None and message.kind != REPLY:
+                drops += [(m, BYTES) for m in self._trim_bytes(message)]
+            for m, _ in drops:
+                self._count(m)
+                if self._journal is not None:
+                    self._journal.remove(m)
+        if self._on_drop is not None:
+            for m, reason in drops:
+                self._on_drop(m, reason)
+        return drops[0][0] if drops else None
+
+    def _trim_bytes(self, newest: Message) -> list:  # with the lock held
+        gone = []
+        while self.bytes > self.max_bytes:
+            victim = self._bytes_victim(newest)
+            if victim is None:
+                break  # only the newest is left: one message is never over the cap alone
+            lane, i = victim
+            m = lane[i]
+            del lane[i]
+            self._forget(m)
+            self.dropped_bytes += 1
+            gone.append(m)
+        return gone
+
+    def _bytes_victim(self, newest: Message):  # with the lock held: the oldest non-final, partials first
+        def first(lane, test):
+            return next(((lane, i) for i, m in enumerate(lane) if m is not newest and test(m)), None)
+
+        if self._partials:
+            found = first(self._events, lambda m: not m.queued)
+            if found:
+                return found
+        candidates = [c for c in (first(self._events, lambda m: m.kind != "status"),
+                                  first(self._finals, lambda m: m.kind not in _FINALS)) if c]
+        if candidates:
+            return min(candidates, key=lambda c: c[0][c[1]].created)
+        return first(self._events, lambda m: True) or first(self._finals, lambda m: True)
 
     def _put(self, message: Message) -> Message | None:  # with the lock held
         if message.kind == REPLY:
@@ -90,6 +136,9 @@ class Outbox:
             self._forget(dropped)
             self.dropped_full += 1
         lane.append(message)
+        self.bytes += message.size
+        if self._journal is not None:
+            self._journal.add(message)
         self._partials += not message.queued
         if message.collapse_key is not None:
             self._waiting_errors[message.collapse_key] = message
@@ -104,6 +153,8 @@ class Outbox:
         return m
 
     def _forget(self, message: Message):  # with the lock held: it no longer waits
+        if message.kind != REPLY:
+            self.bytes -= message.size
         self._partials -= not message.queued
         if message.collapse_key is not None and self._waiting_errors.get(message.collapse_key) is message:
             del self._waiting_errors[message.collapse_key]
@@ -146,6 +197,7 @@ class Outbox:
                 (keep if m.queued else gone).append(m)
             for m in gone:
                 self._count_offline(m)
+                self.bytes -= m.size
             self._events = keep
             self._partials = 0
         if self._on_drop is not None:
@@ -155,6 +207,8 @@ class Outbox:
 
     def remaining_expiry(self, message: Message, expiry_s: int, now: float | None = None) -> int | None:
         """Whole seconds of life left (>= 1), None if it never expires, 0 if it already has (counted)."""
+        if message.expiry_s is not None:
+            expiry_s = message.expiry_s
         if not expiry_s or not message.queued or message.retain:
             return None  # a retained status must outlive any expiry: it is the last word on the device
         age = (time.monotonic() if now is None else now) - message.created
@@ -162,6 +216,8 @@ class Outbox:
             with self._lock:
                 self.dropped_expired += 1
                 self._count(message)
+                if self._journal is not None:
+                    self._journal.remove(message)
             if self._on_drop is not None:
                 self._on_drop(message, EXPIRED)
             return 0

@@ -31,6 +31,13 @@ class Message:
     event_type: str | None = None  # speech_start, speech_end, ... where the kind does not say
     collapse_key: tuple | None = None  # (device, code) of an error: repeats collapse into a waiting one
     repeated: int = 0  # errors collapsed into this one while it waited (published as "repeated")
+    store_id: int | None = None  # its row in the disk outbox (store.py) while it has one
+    expiry_s: int | None = None  # its own life where it is not message_expiry_s: a row read back keeps its own
+
+    @property
+    def size(self) -> int:
+        """What it costs the outbox's byte cap: topic and payload."""
+        return len(self.topic) + len(self.payload)
 
     @property
     def drop_type(self) -> str:

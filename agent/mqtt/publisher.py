@@ -17,6 +17,9 @@ Delivery (each queued event exactly once from the agent's side, in order):
   it, paho sends it again (DUP) right after the next CONNACK. The agent never re-publishes it, so
   it cannot be doubled by the agent. Until those older messages are acknowledged, nothing newer
   leaves the outbox, which keeps the order across the reconnect.
+- With mqtt.outbox: disk, finals, emotion, language and errors are also journalled in an SQLite file
+  (store.py) from the moment they enter the outbox until their PUBACK; a run starts by queueing what
+  an earlier one left there, so it goes first (at least once across a crash: docs/EVENTS.md).
 - Partials (QoS 0) are dropped while disconnected. Queued events older than message_expiry_s are
   dropped from the outbox, and with MQTT 5 carry the remaining time as their Message Expiry Interval.
 
@@ -49,8 +52,9 @@ from agent.mqtt.commands import CommandError, parse_command, request_id_of, sche
 from agent.mqtt.connection import describe_reason, diagnose, hint_for, make_client
 from agent.mqtt.discovery import discovery_messages
 from agent.mqtt.health import LatencyWindow, RateLimitedLog, SpeechHealth
-from agent.mqtt.outbox import EXPIRED, FULL, OFFLINE, Outbox
+from agent.mqtt.outbox import BYTES, EXPIRED, FULL, OFFLINE, Outbox
 from agent.mqtt.payloads import SCHEMA_VERSION, EventMapper, Message, dumps
+from agent.mqtt.store import DiskStore
 from agent.mqtt.topics import (
     MAX_DEVICE_ID_BYTES,
     Topics,
@@ -120,7 +124,16 @@ class MqttPublisher:
         hermes_site = settings.hermes.site_id if settings.hermes.enabled else None
         self._mapper = EventMapper(settings.topic_prefix, settings.qos, hermes_site)
         self._map_lock = threading.Lock()
-        self._outbox = Outbox(settings.outbox_max, on_drop=self._dropped)
+        self._outbox_problem: str | None = None  # why the disk outbox fell back to memory
+        self._store, restored = self._open_store()  # OutboxInUse (exit 78) before anything else starts
+        self._outbox = Outbox(settings.outbox_max, on_drop=self._dropped, max_bytes=settings.outbox_max_bytes,
+                              journal=self._store)
+        for message in restored:  # what a run before this one left: first in line, in the order it was made
+            self._outbox.put(message)
+        if self._store is not None:
+            self._outbox.dropped_expired += self._store.expired_at_start
+            for kind, n in self._store.expired_by_type.items():
+                self._outbox.dropped_by_type[kind] = self._outbox.dropped_by_type.get(kind, 0) + n
         self._acks: deque = deque()  # (mid, reason code) from on_publish, consumed by the sender
         self._wake = threading.Event()
         self._connected = threading.Event()
@@ -162,6 +175,30 @@ class MqttPublisher:
         self._sender = threading.Thread(target=self._send_loop, name="mqtt-sender", daemon=True)
         self._commander = threading.Thread(target=self._command_loop, name="mqtt-commands", daemon=True)
 
+    # ------------------------------------------------------------------ the disk outbox
+    def _open_store(self) -> tuple[DiskStore | None, list]:
+        """The disk outbox (None: memory) and the messages an earlier run left in it."""
+        path = self.settings.outbox_file(self.client_id)
+        if path is None:
+            return None, []
+        store = DiskStore(path, expiry_s=self.settings.message_expiry_s, on_failure=self._store_failed)
+        restored = store.open()
+        if store.restored or store.expired_at_start:
+            log.info("MQTT: %d event(s) from an earlier run read back from %s, to be delivered first (%d expired, "
+                     "not sent)", store.restored, path, store.expired_at_start)
+        return store, restored
+
+    def _store_failed(self, reason: str):
+        """The disk outbox gave up (once per run): the memory outbox goes on alone."""
+        self._outbox_problem = reason
+        log.warning("MQTT: the disk outbox %s failed (%s): events now wait in memory only and are lost if the "
+                    "process dies (health: mqtt.outbox.fallback)", self._store.path if getattr(self, "_store", None)
+                    else self.settings.outbox_file(self.client_id), reason, extra={"EVENT": "mqtt_outbox_fallback"})
+
+    def _delivered(self, message: Message):
+        if self._store is not None:
+            self._store.remove(message)
+
     # ------------------------------------------------------------------ life cycle
     def start(self):
         """Connect in the background and return at once; the broker may come and go from here on."""
@@ -183,6 +220,8 @@ class MqttPublisher:
         Returns the number of queued events that could not be delivered.
         """
         if not self._started or self._stopping:
+            if not self._started and self._store is not None:
+                self._store.close()
             return 0
         self._stopping = True
         timeout = self.settings.drain_timeout_s if timeout is None else timeout
@@ -209,6 +248,8 @@ class MqttPublisher:
         self._client.disconnect()
         self._client.loop_stop()
         self._connected.clear()
+        if self._store is not None:
+            self._store.close()  # what was not delivered stays in the file for the next start
         log.info("MQTT: disconnected from %s", self.broker)
         return left
 
@@ -307,6 +348,10 @@ class MqttPublisher:
         elif reason == EXPIRED:
             limiter(logging.WARNING, "MQTT: a %s (seq %s) for %s expired after %d s in the outbox; %d %s message(s) "
                     "dropped so far", kind, message.seq, message.topic, self.settings.message_expiry_s, so_far, kind)
+        elif reason == BYTES:
+            limiter(logging.WARNING, "MQTT: outbox at mqtt.outbox_max_bytes (%d bytes, broker %s %s): dropped a %s "
+                    "(seq %s) for %s; %d %s message(s) dropped so far", self._outbox.max_bytes, self.broker,
+                    "connected" if self.connected else "unreachable", kind, message.seq, message.topic, so_far, kind)
         elif reason == OFFLINE:
             limiter(logging.INFO, "MQTT: a %s for %s was not sent: broker %s unreachable (partials wait for "
                     "nobody); %d %s message(s) dropped so far", kind, message.topic, self.broker, so_far, kind)
@@ -341,6 +386,7 @@ class MqttPublisher:
             if entry is None:
                 continue  # status, health, discovery: not tracked
             message = entry[0]
+            self._delivered(message)  # acknowledged or refused: either way it is not sent again
             if reason is not None and getattr(reason, "is_failure", False):
                 self.errors += 1
                 self.last_error = f"broker rejected a {message.kind} message: {describe_reason(reason)}"
@@ -379,10 +425,13 @@ class MqttPublisher:
             except (ValueError, RuntimeError) as exc:
                 self.errors += 1
                 self._error_log(logging.ERROR, "MQTT: cannot publish to %s: %s", message.topic, exc)
+                self._delivered(message)  # it never will be
                 continue
             if message.qos > 0:
                 inflight[info.mid] = (message, generation)
-            elif info.rc == mqtt.MQTT_ERR_SUCCESS:
+                continue
+            self._delivered(message)
+            if info.rc == mqtt.MQTT_ERR_SUCCESS:
                 self.published += 1
             else:
                 self._outbox.count_offline(message)
@@ -416,13 +465,25 @@ class MqttPublisher:
                 "dropped": {"outbox_full": self._outbox.dropped_full, "expired": self._outbox.dropped_expired,
                             "offline": self._outbox.dropped_offline,
                             "mirrors_offline": self._outbox.dropped_mirrors_offline,
+                            "outbox_bytes": self._outbox.dropped_bytes,
                             "replies": self._outbox.dropped_replies, "by_type": dict(self._outbox.dropped_by_type),
                             "collapsed": self._outbox.collapsed},
+                "outbox": self.outbox_stats(),
                 "errors": self.errors, "network_errors": self.network_errors, "reconnects": self.reconnects,
                 "connect_failures": self.connect_failures, "last_error": self.last_error,
                 "publish_latency_ms": self.publish_latency_ms.summary(),
                 "commands": {"accepted": self.commands_accepted, "rejected": self.commands_rejected,
                              "over_limit": self.commands_over_limit, "for_others": self.commands_for_others}}
+
+    def outbox_stats(self) -> dict:
+        """Where the outbox keeps its events, its caps, and whether the disk fell back to memory."""
+        store = self._store
+        on_disk = store is not None and store.active
+        return {"kind": "disk" if on_disk else "memory", "path": None if store is None else str(store.path),
+                "fallback": self._outbox_problem is not None, "problem": self._outbox_problem,
+                "rows": store.rows if on_disk else 0, "restored": 0 if store is None else store.restored,
+                "bytes": self._outbox.bytes, "max_bytes": self._outbox.max_bytes,
+                "max_per_lane": self._outbox.max_size, "max_age_s": self.settings.message_expiry_s}
 
     # ------------------------------------------------------------------ paho callbacks (network thread)
     def _guard(self, callback):

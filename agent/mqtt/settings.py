@@ -6,13 +6,23 @@ The password itself is never a setting: it is read from a file or an environment
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 from agent.config_schema import section, setting, show
 from agent.mqtt.topics import MAX_DEVICE_ID_BYTES, MAX_PREFIX_BYTES, text_problem, topic_problem
 
 PROTOCOLS = ("5", "3.1.1")
+OUTBOX_KINDS = ("auto", "disk", "memory")
+
+
+def state_directory() -> str | None:
+    """systemd's StateDirectory= (the first of its colon-separated list), or the container's volume, which
+    the images name the same way."""
+    return os.environ.get("STATE_DIRECTORY", "").split(":")[0] or None
 QOS_LEVELS = (0, 1, 2)
 
 
@@ -92,6 +102,21 @@ class MqttSettings:
               "a lane of their own that only newer finals evict; the other events (partials first) another. "
               "Past this the oldest are dropped, counted by type in health.",
         min=1, max=1000000)
+    outbox: str = setting(
+        "auto", "Where finals, emotion, language and error events wait for the broker. disk: also in an SQLite "
+                "file (outbox_path), so they outlive a crash, a kill or a power cut and are delivered first at the "
+                "next start; memory: lost when the process ends. auto = disk where outbox_path is set or a state "
+                "directory exists ($STATE_DIRECTORY: systemd's StateDirectory=, the container's volume), else memory. A disk "
+                "that fails (full, read-only, corrupt) falls back to memory with one warning "
+                "(health: mqtt.outbox.fallback).", choices=OUTBOX_KINDS)
+    outbox_path: Optional[str] = setting(  # noqa: UP045
+        None, "The disk outbox's SQLite file; null = $STATE_DIRECTORY/mqtt-outbox-<client_id>.sqlite3, one file "
+              "per instance. A second agent on the same file is refused (exit 78).")
+    outbox_max_bytes: int = setting(
+        16 * 1024 * 1024, "Bytes (topics and payloads) the outbox holds, finals and other events together; past "
+                          "it the oldest message that is not a final is dropped first (a partial first), a final "
+                          "only when nothing else is left. Counted in health (mqtt.dropped.outbox_bytes).",
+        min=65536, max=1 << 34)
     reconnect_min_s: float = setting(1.0, "First reconnect delay; it doubles per failed attempt.",
                                      min=0.1, max=300.0)
     reconnect_max_s: float = setting(60.0, "Longest reconnect delay.", min=0.1, max=3600.0)
@@ -114,6 +139,12 @@ class MqttSettings:
         if self.reconnect_min_s > self.reconnect_max_s:
             yield "reconnect_min_s", (f"{self.reconnect_min_s} is above reconnect_max_s "
                                       f"({self.reconnect_max_s})")
+        if self.enabled and self.outbox == "disk" and self.outbox_path is None:
+            if state_directory() is None:
+                yield "outbox", ("disk needs a file: set mqtt.outbox_path, or run where $STATE_DIRECTORY is set "
+                                 "(systemd StateDirectory=)")
+        if self.outbox_path is not None and not self.outbox_path.strip():
+            yield "outbox_path", "is empty: name a file, or null for the default"
         if self.enabled and not self.host.strip():
             yield "host", "is empty: name the broker (a host name or address) or set enabled: false"
         for key, value in (("topic_prefix", self.topic_prefix),
@@ -129,3 +160,15 @@ class MqttSettings:
             problem = value and text_problem(value, 256)
             if problem:
                 yield key, f"{show(value)} {problem}"
+
+    def outbox_file(self, client_id: str) -> Path | None:
+        """The disk outbox's file, or None for the memory outbox (outbox: memory, or auto without a state
+        directory)."""
+        if self.outbox == "memory":
+            return None
+        if self.outbox_path:
+            return Path(self.outbox_path)
+        base = state_directory()
+        if base is None:
+            return None
+        return Path(base) / f"mqtt-outbox-{re.sub(r'[^A-Za-z0-9._-]', '_', client_id)}.sqlite3"

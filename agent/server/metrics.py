@@ -269,6 +269,21 @@ class LoopCollector:
         yield GaugeMetricFamily("stt_mqtt_outbox_depth", "Messages waiting for the broker.", value=stats["queued"])
         yield GaugeMetricFamily("stt_mqtt_inflight", "Messages sent and not yet acknowledged.",
                                 value=stats["inflight"])
+        outbox = stats["outbox"]
+        yield GaugeMetricFamily("stt_mqtt_outbox_bytes", "Bytes (topics and payloads) waiting in the outbox; "
+                                "capped at mqtt.outbox_max_bytes.", value=outbox["bytes"])
+        yield GaugeMetricFamily("stt_mqtt_outbox_on_disk", "1 while the outbox keeps its events in its SQLite "
+                                "file (mqtt.outbox: disk), 0 for memory.", value=int(outbox["kind"] == "disk"))
+        yield GaugeMetricFamily("stt_mqtt_outbox_fallback", "1 once the disk outbox failed (full, read-only, "
+                                "corrupt) and events wait in memory only.", value=int(outbox["fallback"]))
+        outbox_dropped = CounterMetricFamily("stt_mqtt_outbox_dropped", "Messages the outbox dropped, by reason: "
+                                             "full (outbox_max per lane), bytes (outbox_max_bytes), expired "
+                                             "(message_expiry_s), offline (partials while disconnected), replies.",
+                                             labels=("reason",))
+        for reason, key in (("full", "outbox_full"), ("bytes", "outbox_bytes"), ("expired", "expired"),
+                            ("offline", "offline"), ("replies", "replies")):
+            outbox_dropped.add_metric((reason,), stats["dropped"][key])
+        yield outbox_dropped
         yield CounterMetricFamily("stt_mqtt_published", "Messages delivered to the broker (acknowledged; QoS 0: "
                                   "sent).", value=stats["published"])
         yield CounterMetricFamily("stt_mqtt_reconnects", "Connections to the broker after the first.",
