@@ -64,7 +64,6 @@ class DiskStore:
         self._db: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._backlog = 0
         self._next_id = 1
         self._writer: threading.Thread | None = None
         self.problem: str | None = None  # why the file was given up; None while it works
@@ -172,8 +171,8 @@ class DiskStore:
         message.store_id = None
 
     def _push(self, item):
-        self._backlog += 1
-        if self._backlog > MAX_BACKLOG:
+        # the queue's own count: a counter shared by this thread and the writer would lose updates
+        if self._queue.qsize() >= MAX_BACKLOG:
             self._fail(f"the disk is too slow: {MAX_BACKLOG} writes waiting")
             return
         self._queue.put(item)
@@ -188,7 +187,6 @@ class DiskStore:
             except queue.Empty:
                 pass
             rows = [item for item in batch if isinstance(item, tuple) and item[0] in ("add", "del")]
-            self._backlog -= len(rows)
             if self.active:
                 try:
                     self._write(rows)
