@@ -424,3 +424,24 @@ def test_discovery_names_entities_by_default_entity_id_keeping_object_id_for_old
     assert ids == {"sensor.stt_agent_kiosk_1_last_text", "sensor.stt_agent_kiosk_1_emotion",
                    "sensor.stt_agent_kiosk_1_language", "event.stt_agent_kiosk_1_speech",
                    "binary_sensor.stt_agent_kiosk_1_listening"}
+
+
+def test_status_claims_only_another_instances_later_live_online_takes_a_device():
+    from agent.mqtt.claims import StatusClaims
+
+    claims = StatusClaims("stt-agent", "ours")
+    topic = "stt-agent/dev-1/status"
+    assert claims.device_of(topic) == "dev-1" and claims.device_of("stt-agent/dev-1/stt/final") is None
+    assert claims.heard("stt-agent/dev-1/cmd", b"x", False, "theirs") is False  # not a status topic
+    claims.said_online("dev-1")
+    assert not claims.taken_elsewhere("dev-1")
+    for retained, session in ((True, "theirs"), (False, None), (False, "ours")):  # said before, untagged, ours
+        assert claims.heard(topic, b"online", retained, session)
+        assert not claims.taken_elsewhere("dev-1")
+    claims.heard(topic, b"online", False, "theirs")
+    assert claims.taken_elsewhere("dev-1")
+    claims.said_online("dev-1")  # the device came back here
+    assert not claims.taken_elsewhere("dev-1")
+    claims.heard(topic, b"online", False, "theirs")
+    claims.heard(topic, b"offline", False, "theirs")  # and left there
+    assert not claims.taken_elsewhere("dev-1")

@@ -93,15 +93,16 @@ class Replica:
     def url(self, device: str, port: int | None = None) -> str:
         return f"ws://127.0.0.1:{port or self.port}/ws/stt/{device}"
 
-    def stop(self):
-        if self.proc is None or self.proc.poll() is not None:
-            return
+    def stop(self) -> str:
+        """SIGTERM (its outbox drained), and its log."""
+        if self.proc is None or self.proc.returncode is not None:
+            return ""
         self.proc.send_signal(signal.SIGTERM)
         try:
-            self.proc.communicate(timeout=30)
+            return self.proc.communicate(timeout=30)[1] or ""
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            self.proc.communicate()
+            return self.proc.communicate()[1] or ""
 
 
 def start_all(replicas):
@@ -364,3 +365,38 @@ def test_devices_of_a_killed_replica_reconnect_to_the_other_and_every_final_reac
     assert all(f["text"].startswith(tm.PATTERN_TEXT) for f in second.values())
     assert {first[device]["session"] for device in moved} == {session_a}
     assert set(status.values()) == {b"online"}
+
+
+@needs_mosquitto
+def test_a_replica_that_lost_a_device_to_another_does_not_call_it_offline(tmp_path, model, broker):
+    """A half-open connection: the device went to b while a still held its old socket. When a's idle timeout
+    ends that stream, a has heard b's `online` (tagged with b's session) and publishes no `offline`: the
+    retained status stays b's word while the device streams there. b's own `offline` still goes out."""
+    a, b = start_all([Replica(tmp_path / "a", model, "a", broker, idle_timeout_s=1.0),
+                      Replica(tmp_path / "b", model, "b", broker)])
+    topic = "stt-agent/dev-1/status"
+    sub = Subscriber(broker, topic)
+
+    async def scenario():
+        old = await Device("dev-1").connect(a.url("dev-1"))
+        await old.say(0)
+        sub.wait_for(lambda ms: [m for m in ms if m.payload == b"online"], 10)
+        new = await Device("dev-1").connect(b.url("dev-1"))  # the old socket stays open, silent
+        await new.say(1)
+        sub.wait_for(lambda ms: len([m for m in ms if m.payload == b"online"]) >= 2, 10)
+        code, reason = await old.read_to_close()  # a notices at its idle timeout
+        log_a = await asyncio.get_running_loop().run_in_executor(None, a.stop)  # a's outbox drained
+        status_while_on_b = retained(broker, topic)
+        await new.close()
+        return code, reason, log_a, status_while_on_b
+
+    try:
+        code, reason, log_a, status_while_on_b = asyncio.run(scenario())
+        sub.wait_for(lambda ms: [m for m in ms if m.payload == b"offline"], 10)  # b's, when the device left b
+    finally:
+        sub.close()
+        b.stop()
+    assert code == 1000 and "idle_timeout_s" in reason
+    assert "device dev-1 streams through another instance now: its offline is not published" in log_a, log_a
+    assert status_while_on_b == b"online"
+    assert [m.payload for m in sub.messages] == [b"online", b"online", b"offline"]

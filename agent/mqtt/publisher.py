@@ -48,6 +48,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent import __version__
 from agent.events import Emitter, Problem, Stamped, new_session
+from agent.mqtt.claims import SESSION_PROPERTY, StatusClaims
 from agent.mqtt.commands import CommandError, parse_command, request_id_of, schema_problem
 from agent.mqtt.connection import describe_reason, diagnose, hint_for, make_client
 from agent.mqtt.discovery import discovery_messages
@@ -121,6 +122,8 @@ class MqttPublisher:
         if self._schema_problem:
             log.error("MQTT: every command will be refused: %s", self._schema_problem)
         self._v5 = settings.protocol == "5"
+        # which replica speaks for a network device (user properties are MQTT 5's)
+        self._claims = StatusClaims(settings.topic_prefix, self.session) if self._v5 else None
         hermes_site = settings.hermes.site_id if settings.hermes.enabled else None
         self._mapper = EventMapper(settings.topic_prefix, settings.qos, hermes_site)
         self._map_lock = threading.Lock()
@@ -194,6 +197,17 @@ class MqttPublisher:
         log.warning("MQTT: the disk outbox %s failed (%s): events now wait in memory only and are lost if the "
                     "process dies (health: mqtt.outbox.fallback)", self._store.path if getattr(self, "_store", None)
                     else self.settings.outbox_file(self.client_id), reason, extra={"EVENT": "mqtt_outbox_fallback"})
+
+    def _moved_away(self, message: Message) -> bool:
+        """An `offline` for a device another replica said `online` for since this one did: not sent (the
+        device streams there now; its status stays that replica's word)."""
+        device = self._claims.device_of(message.topic)
+        if message.payload != b"offline" or device is None or not self._claims.taken_elsewhere(device):
+            return False
+        log.info("MQTT: device %s streams through another instance now: its offline is not published", device,
+                 extra={"EVENT": "device_status_skipped", "DEVICE_ID": device})
+        self._delivered(message)
+        return True
 
     def _delivered(self, message: Message):
         if self._store is not None:
@@ -319,6 +333,8 @@ class MqttPublisher:
         """A network device's retained status (online while it streams, offline after): queued like a final,
         so a subscriber always ends up with the last word. The agent's own status is its Last Will."""
         topic = Topics(self.settings.topic_prefix, device_id).status
+        if self._claims is not None and state == "online":
+            self._claims.said_online(device_id)
         with self._map_lock:
             self._enqueue(Message("status", topic, state.encode(), self.settings.qos.status, retain=True))
         self._wake.set()
@@ -419,6 +435,11 @@ class MqttPublisher:
             if self._v5 and remaining:
                 properties = Properties(PacketTypes.PUBLISH)
                 properties.MessageExpiryInterval = remaining
+            if message.kind == "status" and self._claims is not None:
+                if self._moved_away(message):
+                    continue
+                properties = Properties(PacketTypes.PUBLISH)
+                properties.UserProperty = (SESSION_PROPERTY, self.session)
             try:
                 info = self._client.publish(message.topic, message.payload, qos=message.qos, retain=message.retain,
                                             properties=properties)
@@ -531,6 +552,8 @@ class MqttPublisher:
         else:
             client.subscribe(commands, qos=1)
         client.publish(self.topics.status, b"online", qos=qos.status, retain=True)
+        if self._claims is not None:  # the other replicas' word on the devices (claims.py); not our own
+            client.subscribe(self._claims.filter, options=SubscribeOptions(qos=0, noLocal=True))
         if self.settings.tls.insecure:
             log.warning("MQTT: connected to %s WITHOUT verifying its TLS certificate (mqtt.tls.insecure: true): "
                         "anyone on the network path can read and forge these messages", self.broker,
@@ -573,6 +596,8 @@ class MqttPublisher:
         self._wake.set()
 
     def _on_message(self, client, userdata, msg):
+        if self._claims is not None and self._claims.heard(msg.topic, msg.payload, msg.retain, _session_of(msg)):
+            return
         device_id = command_device(self.settings.topic_prefix, msg.topic)
         if device_id is not None:
             self._on_command_message(device_id, msg)
@@ -676,3 +701,11 @@ class MqttPublisher:
         ha = self.settings.home_assistant
         for topic, payload in discovery_messages(self.topics, ha.discovery_prefix, ha.name, self.version):
             self._client.publish(topic, payload, qos=1, retain=True)
+
+
+def _session_of(msg) -> str | None:
+    """The stt-agent session a message was tagged with (claims.py), or None."""
+    for key, value in getattr(getattr(msg, "properties", None), "UserProperty", None) or ():
+        if key == SESSION_PROPERTY:
+            return value
+    return None
