@@ -552,8 +552,10 @@ class MqttPublisher:
         else:
             client.subscribe(commands, qos=1)
         client.publish(self.topics.status, b"online", qos=qos.status, retain=True)
-        if self._claims is not None:  # the other replicas' word on the devices (claims.py); not our own
-            client.subscribe(self._claims.filter, options=SubscribeOptions(qos=0, noLocal=True))
+        if self._claims is not None:  # the other replicas' live word on the devices (claims.py): not our own,
+            # and not the retained statuses of a whole fleet at every reconnect (claims ignores those)
+            client.subscribe(self._claims.filter, options=SubscribeOptions(
+                qos=0, noLocal=True, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND))
         if self.settings.tls.insecure:
             log.warning("MQTT: connected to %s WITHOUT verifying its TLS certificate (mqtt.tls.insecure: true): "
                         "anyone on the network path can read and forge these messages", self.broker,
