@@ -417,6 +417,10 @@ def test_the_server_is_probed_over_http_and_finds_its_tokens(rendered, tmp_path,
     sc = pod["securityContext"]
     assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 10001 and sc["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod["automountServiceAccountToken"] is False and not pod.get("hostNetwork")
+    # the read-only root leaves the image's STATE_DIRECTORY to a volume: the MQTT outbox outlives a container restart
+    dockerfile = (Path(__file__).resolve().parents[1] / "docker" / "Dockerfile").read_text(encoding="utf-8")
+    state = re.search(r"STATE_DIRECTORY=(\S+)", dockerfile).group(1)
+    assert mount_for(container, "state")["mountPath"] == state and "emptyDir" in volumes["state"]
     for each in pod["containers"] + pod["initContainers"]:
         csc = each["securityContext"]
         assert csc["allowPrivilegeEscalation"] is False and csc["readOnlyRootFilesystem"] is True
