@@ -215,24 +215,25 @@ def test_home_assistant_discovery_and_hermes_mirror(broker):
     sub.close()
 
 
-def test_outbox_keeps_newest_while_broker_away_then_delivers_in_order(make_broker, caplog):
+def test_a_full_outbox_gives_up_emotion_and_language_before_finals_then_delivers_in_order(make_broker, caplog):
     caplog.set_level(logging.WARNING, logger="agent.mqtt")
     b = make_broker()
     sub = Subscriber(b, "stt-agent/dev1/stt/#", client_id="outbox-sub", persistent=True)
     b.stop()  # the subscriber's session is saved; the agent starts with the broker away
-    pub = MqttPublisher(settings_for(b, outbox_max=30))  # 10 utterances: final, emotion, language
+    pub = MqttPublisher(settings_for(b, outbox_max=30))  # 25 utterances come: final, emotion, language each
     pub.start()
     for i in range(1, 26):
         emit_all(pub, utterance(i) + [partial(i)])  # partials are dropped while disconnected
     stats = pub.stats()
     assert not pub.connected and stats["queued"] == 30
-    by_type = {**{kind: 0 for kind in DROP_TYPES}, "final": 15, "emotion": 15, "language": 15, "partial": 25}
+    # 75 for a lane of 30: emotion and language give way first, so every final waits (and the newest moods)
+    by_type = {**{kind: 0 for kind in DROP_TYPES}, "final": 0, "emotion": 23, "language": 22, "partial": 25}
     assert stats["dropped"] == {"outbox_full": 45, "outbox_bytes": 0, "expired": 0, "offline": 25,
                                 "mirrors_offline": 0, "replies": 0, "by_type": by_type, "collapsed": 0}
     assert "outbox full" in caplog.text
     b.start()
-    got = sub.wait_topic("stt-agent/dev1/stt/final", 10, timeout=15)
-    assert [json.loads(m.payload)["utterance_id"] for m in got] == list(range(16, 26))
+    got = sub.wait_topic("stt-agent/dev1/stt/final", 25, timeout=15)
+    assert [json.loads(m.payload)["utterance_id"] for m in got] == list(range(1, 26))
     assert not [m for m in sub.messages if m.topic.endswith("partial")]
     pub.stop()
     sub.close()

@@ -295,7 +295,7 @@ def test_outbox_keeps_finals_when_command_answers_flood_it():
 
 
 def test_finals_have_a_lane_nothing_else_can_evict():
-    """Partials, vad and errors fill only their own lane; a final goes only for a newer final."""
+    """Partials, vad and errors fill only their own lane; in the finals' lane emotion and language go first."""
     drops = []
     box = Outbox(3, on_drop=lambda m, reason: drops.append((m.seq, m.drop_type, reason)))
     box.put(msg("final", 1, created=1.0))
@@ -306,13 +306,16 @@ def test_finals_have_a_lane_nothing_else_can_evict():
     assert box.dropped_by_type["final"] == box.dropped_by_type["emotion"] == 0
     assert [m.seq for m in box._finals] == [1, 2]
     box.put(msg("language", 103, created=103.0))
-    box.put(msg("final", 104, created=104.0))  # the lane is full: the oldest final goes, counted and told
-    assert drops[-1] == (1, "final", FULL) and box.dropped_by_type["final"] == 1
-    assert box.dropped_full == 98 and sum(box.dropped_by_type.values()) == 98
+    box.put(msg("final", 104, created=104.0))  # the lane is full: the oldest emotion goes, counted and told
+    assert drops[-1] == (2, "emotion", FULL) and box.dropped_by_type["final"] == 0
+    box.put(msg("final", 105, created=105.0))  # then the language
+    box.put(msg("final", 106, created=106.0))  # finals only: the oldest final goes
+    assert drops[-2:] == [(103, "language", FULL), (1, "final", FULL)] and box.dropped_by_type["final"] == 1
+    assert box.dropped_full == 100 and sum(box.dropped_by_type.values()) == 100
     assert (box.dropped_by_type["partial"], box.dropped_by_type["speech_start"], box.dropped_by_type["error"]) == (
         33, 32, 32)  # 34, 33 and 33 came; the last of each (100, 101, 102) waits
     # the sender takes the oldest head of the lanes: creation order across lanes
-    assert [box.pop().seq for _ in range(6)] == [2, 100, 101, 102, 103, 104] and box.pop() is None
+    assert [box.pop().seq for _ in range(6)] == [100, 101, 102, 104, 105, 106] and box.pop() is None
 
 
 def test_a_full_events_lane_drops_a_partial_first_and_a_status_last():

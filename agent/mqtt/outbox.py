@@ -2,8 +2,8 @@
 
 Three lanes, so nothing else can push a final out:
 - finals: finals, their emotion and language, and their Hermes mirrors; at most `max_size`.
-  Only a newer final can evict one: when the lane is full the oldest message in it goes (counted
-  per type and reported through `on_drop`).
+  Only a newer message of this lane can evict one: when it is full the oldest emotion or language
+  goes, else the oldest final (counted per type and reported through `on_drop`).
 - events: vad, pipeline and agent errors, partials, network devices' status; at most `max_size`.
   When full a partial goes first (stale anyway), else the oldest event other than a status (the
   retained last word on a device), else the oldest status.
@@ -132,7 +132,7 @@ class Outbox:
         lane = self._finals if message.kind in FINAL_KINDS else self._events
         dropped = None
         if len(lane) >= self.max_size:
-            dropped = lane.popleft() if lane is self._finals else self._evict_event()
+            dropped = self._evict_final_lane() if lane is self._finals else self._evict_event()
             self._forget(dropped)
             self.dropped_full += 1
         lane.append(message)
@@ -143,6 +143,14 @@ class Outbox:
         if message.collapse_key is not None:
             self._waiting_errors[message.collapse_key] = message
         return dropped
+
+    def _evict_final_lane(self) -> Message:  # with the lock held; the finals lane is full
+        """The oldest emotion or language goes before any final (a controller acts on the text; an old
+        utterance's mood is the first thing to give up), else the oldest final."""
+        victim = next((i for i, m in enumerate(self._finals) if m.kind not in _FINALS), 0)
+        m = self._finals[victim]
+        del self._finals[victim]
+        return m
 
     def _evict_event(self) -> Message:  # with the lock held; the events lane is full
         victim = next((i for i, m in enumerate(self._events) if not m.queued), None) if self._partials else None

@@ -99,8 +99,9 @@ class MqttSettings:
     health_interval_s: float = setting(30.0, "Seconds between retained health messages.", min=1.0, max=3600.0)
     outbox_max: int = setting(
         1000, "Events kept while the broker is away, per lane: finals (with their emotion and language) have "
-              "a lane of their own that only newer finals evict; the other events (partials first) another. "
-              "Past this the oldest are dropped, counted by type in health.",
+              "a lane of their own that nothing else evicts (past this its oldest emotion or language goes, a "
+              "final only when the lane holds nothing else); the other events (partials first) another. Every "
+              "drop is counted by type in health.",
         min=1, max=1000000)
     outbox: str = setting(
         "auto", "Where finals, emotion, language and error events wait for the broker. disk: also in an SQLite "
