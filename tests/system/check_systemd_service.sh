@@ -190,6 +190,11 @@ for n in 1 2; do
 done
 final=$(last_payload "$LOGS/mqtt.log" "$TOPIC/stt/final")
 pass "2 writers on the named pipe (uid nobody, group audio) -> 2 finals on $TOPIC/stt/final: ${final:0:90}..."
+# mqtt.outbox: auto is the disk where systemd gives a StateDirectory= ($STATE_DIRECTORY)
+outbox=$(ct sh -c 'ls /var/lib/stt-agent/mqtt-outbox-*.sqlite3') || fail "no MQTT outbox file in the unit's StateDirectory (/var/lib/stt-agent)"
+owner=$(ct stat -c %U "$outbox")
+[ "$owner" = stt-agent ] || fail "the outbox file $outbox belongs to $owner, not stt-agent"
+pass "the disk outbox is in the unit's StateDirectory: $outbox (owner $owner)"
 
 # ------------------------------------------------------------------------------------- health
 out=$(ct /opt/stt-agent/healthcheck.sh --mqtt-topic "$TOPIC/health" --mqtt-host 127.0.0.1 --mqtt-port "$BROKER_PORT") \
