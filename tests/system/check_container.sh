@@ -122,12 +122,16 @@ uids=$(docker top "$NAME" -eo pid,uid,comm | awk 'NR > 1 { print $2 }' | sort -u
 wait_until 20 has_msgs "$LOGS/mqtt.log" "$TOPIC/status" online 1 || fail "no 'online' on $TOPIC/status" "$LOGS/mqtt.log"
 docker logs "$NAME" > "$LOGS/container.log" 2>&1
 grep -q 'optimized copy) loaded on cpu' "$LOGS/container.log" || fail "the optimized copy in the cache volume was not used" "$LOGS/container.log"
+# mqtt.outbox: auto is the disk in the image's STATE_DIRECTORY volume
+outbox=$(docker exec "$NAME" sh -c 'ls /var/lib/stt-agent/state/mqtt-outbox-*.sqlite3') \
+  || fail "no MQTT outbox file in the state volume (/var/lib/stt-agent/state)" "$LOGS/container.log"
+grep -q "disk outbox .* failed" "$LOGS/container.log" && fail "the disk outbox fell back to memory" "$LOGS/container.log"
 
 timeout 30 setpriv --reuid=65534 --regid=65534 --groups="$audio_gid" --inh-caps=-all \
   sh -c "cat '$RUN/speech.wav' > '$RUN/audio/audio'" || fail "could not write into the pipe as a member of group audio"
 wait_until 30 has_msgs "$LOGS/mqtt.log" "$TOPIC/stt/final" '{' 1 || fail "no final on $TOPIC/stt/final" "$LOGS/mqtt.log"
 final=$(last_payload "$LOGS/mqtt.log" "$TOPIC/stt/final")
-pass "runs as uid 10001 only; model optimized copy from the cache volume; a host writer (uid nobody, group audio) on the mounted pipe -> final on $TOPIC/stt/final: ${final:0:80}..."
+pass "runs as uid 10001 only; model optimized copy from the cache volume; disk outbox $outbox; a host writer (uid nobody, group audio) on the mounted pipe -> final on $TOPIC/stt/final: ${final:0:80}..."
 
 # ------------------------------------------------------------------------------------- stop
 mark=$(wc -l < "$LOGS/mqtt.log")
