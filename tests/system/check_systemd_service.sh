@@ -282,6 +282,37 @@ pass "healthcheck.sh after the restart: exit 1 ($out)"
 rm -f "$ROOT$UNIT_D/ci-watchdog.conf"
 ct systemctl daemon-reload
 
+# ------------------------------------------------------------------------------------- a kill in an outage
+# The broker out of the agent's reach (its config names a port nobody listens on; the test's subscriber
+# stays connected), a final made and journalled in the disk outbox, then SIGKILL. systemd starts the agent
+# again, its config naming the broker again: the killed run's final is delivered first, once.
+ct systemctl reset-failed stt-agent.service  # the starts above count against StartLimitBurst=5
+dead_port=$(free_port)
+ct sed -i "s/^  port: $BROKER_PORT\$/  port: $dead_port/" /etc/stt-agent/config.yaml
+ct systemctl restart stt-agent.service
+wait_until 30 is_running || fail "stt-agent did not start with the broker out of reach" "$LOGS/console.log"
+before=$(finals)
+pid=$(main_pid)
+rows() {
+  ct runuser -u stt-agent -- /opt/stt-agent/venv/bin/python -c 'import glob, sqlite3
+db = sqlite3.connect("file:%s?mode=ro" % glob.glob("/var/lib/stt-agent/mqtt-outbox-*.sqlite3")[0], uri=True)
+print(db.execute("SELECT count(*) FROM outbox").fetchone()[0])'
+}
+journalled() { [ "$(rows)" -ge 3 ]; }  # the final, its emotion and its language
+write_speech || fail "could not write speech with the broker out of reach"
+wait_until 30 journalled || fail "the final made in the outage is not in the disk outbox ($(rows) rows)"
+ct sed -i "s/^  port: $dead_port\$/  port: $BROKER_PORT/" /etc/stt-agent/config.yaml
+restarts0=$(prop NRestarts)
+ct systemctl kill -s SIGKILL stt-agent.service
+came_back() { [ "$(prop NRestarts)" -gt "$restarts0" ] && is_running && [ "$(main_pid)" != "$pid" ]; }
+wait_until 30 came_back || fail "the killed agent was not restarted (NRestarts $(prop NRestarts))" "$LOGS/console.log"
+delivered() { [ "$(finals)" -gt "$before" ] && [ "$(rows)" -eq 0 ]; }
+wait_until 30 delivered || fail "the final of the killed run did not reach $TOPIC/stt/final ($(rows) rows left)" "$LOGS/mqtt.log"
+[ "$(finals)" -eq $((before + 1)) ] || fail "the killed run's final arrived $(($(finals) - before)) times" "$LOGS/mqtt.log"
+read_back=$(ct journalctl -u stt-agent.service _PID="$(main_pid)" -o cat --no-pager | grep -o '[0-9]* event(s) from an earlier run read back' | head -n 1)
+[ -n "$read_back" ] || fail "the restarted agent did not say what it read back"
+pass "SIGKILL with a final waiting in an outage: restarted by systemd, $read_back, delivered once; the outbox empty again"
+
 # ------------------------------------------------------------------------------------- soak (benchmarks)
 if [ "$SOAK" -gt 0 ]; then
   ct systemctl restart stt-agent.service
