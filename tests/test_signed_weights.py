@@ -4,8 +4,6 @@ public int8 exports write it (weights in raw_data, scalar zero points in int32_d
 
 from __future__ import annotations
 
-import platform
-
 import numpy as np
 import pytest
 
@@ -90,7 +88,7 @@ def test_a_model_without_quantized_matmuls_is_not_copied(tmp_path):
     assert write_signed(plain, out) == 0 and not out.exists()
 
 
-@pytest.mark.skipif(platform.machine().lower() not in ort_cache.X86_64, reason="signed weights are for x86-64")
+@pytest.mark.skipif(not ort_cache.signed_kernels_exact(), reason="signed weights are for x86-64 with VNNI")
 def test_model_optimize_stores_int8_weights_signed_and_answers_the_same(tmp_path):
     original = quantized_matmul(tmp_path / "model.int8.onnx")
     done = ort_cache.build(original, str(tmp_path / "cache"))
@@ -98,3 +96,15 @@ def test_model_optimize_stores_int8_weights_signed_and_answers_the_same(tmp_path
     copy = done["optimized"]
     x = np.random.default_rng(2).standard_normal((7, 16)).astype(np.float32)
     assert np.array_equal(run(copy, x)[0], run(original, x)[0])
+
+
+def test_signed_kernels_are_used_only_where_they_are_exact(tmp_path, monkeypatch):
+    info = tmp_path / "cpuinfo"
+    monkeypatch.setattr(ort_cache.platform, "machine", lambda: "x86_64")
+    for flags, exact in (("fpu sse avx2 avx512f avx512bw", False), ("fpu avx2 avx512_vnni", True),
+                         ("fpu avx2 avx_vnni", True)):
+        info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n", encoding="ascii")
+        assert ort_cache.signed_kernels_exact(str(info)) is exact, flags
+    monkeypatch.setattr(ort_cache.platform, "machine", lambda: "aarch64")
+    assert ort_cache.signed_kernels_exact(str(info)) is False
+    assert ort_cache.signed_kernels_exact(str(tmp_path / "none")) is False

@@ -4,8 +4,8 @@ Building a CPU session spends about 40% of its time rewriting the graph (fusions
 folding). ONNX Runtime can save the rewritten graph ("offline mode" in its documentation); loaded
 again, it gives bit-identical output in about 60% of the time, and a lower peak RSS. It is saved at
 the extended level, which ONNX Runtime keeps free of hardware-specific nodes; the layout passes that
-depend on the CPU still run at every load. On x86-64 an int8 model's uint8 weights are stored as
-int8 in the copy first (signed_weights.py: the same output, 30% less model time).
+depend on the CPU still run at every load. On x86-64 with VNNI an int8 model's uint8 weights are stored
+as int8 in the copy first (signed_weights.py: the same output, 30% less model time).
 
 Saving needs about twice the memory of a normal load (780 MiB for the int8 model), so the daemon
 never does it: `stt-agent model optimize` does, once, and the loader only looks the copy up. A copy
@@ -117,11 +117,26 @@ def build(model: Path, setting: str, force: bool = False) -> dict:
             "signed_tensors": signed_tensors}
 
 
-def _signed_source(model: Path, partial: Path):
-    """On x86-64, a copy of an int8 model with signed weights to optimize instead (signed_weights.py:
-    the same output on the faster kernels); (None, 0) where there is nothing to sign or elsewhere."""
+def signed_kernels_exact(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether ONNX Runtime's uint8 x int8 kernel is exact here: x86-64 with VNNI (AVX-512 VNNI or AVX-VNNI),
+    whose dot product accumulates in int32. Without VNNI that kernel's VPMADDUBSW saturates int16 sums (the
+    reason ONNX Runtime's quantization guide gives for reduce_range), and ARM's kernels were not measured."""
     if platform.machine().lower() not in X86_64:
-        return None, 0  # measured on x86-64 only; ARM's kernels for the two are not those measured
+        return False
+    try:
+        with open(cpuinfo, encoding="ascii", errors="replace") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
+def _signed_source(model: Path, partial: Path):
+    """Where signed kernels are exact, a copy of an int8 model with signed weights to optimize instead
+    (signed_weights.py: the same output on the faster kernels); (None, 0) where there is nothing to sign
+    or the kernels are not known to be exact."""
+    if not signed_kernels_exact():
+        return None, 0
     from agent.recognizer.signed_weights import write_signed
 
     path = partial.with_name(partial.name + ".signed.onnx")

@@ -4,7 +4,7 @@ The public int8 exports (sherpa-onnx's model.int8.onnx, FunASR's model_quant.onn
 quantized with uint8 weights: every MatMulInteger multiplies uint8 activations by uint8 weights,
 and on x86-64 ONNX Runtime's kernel for that pair is the slow one. Weights and their zero point
 shifted by -128 (uint8 w -> int8 w - 128, one XOR 0x80 per byte) give the same integer products, so
-the same output bit for bit, and the uint8 x int8 kernel (AVX2, AVX-512 VNNI): a 10 s decode of the
+the same output bit for bit, and the uint8 x int8 kernel (VNNI; ort_cache.signed_kernels_exact says where): a 10 s decode of the
 full-size model on 2 threads took 121 instead of 188 ms on an AMD EPYC (docs/benchmarks/recognizer.md).
 
 The copy is written without the onnx package (not a runtime dependency), by walking the protobuf
