@@ -311,8 +311,8 @@ def _add_model_optimize(sub):
         description="Load the model file the config names on the CPU provider and save ONNX Runtime's optimized "
                     "graph to recognizer.cpu.optimized_cache_dir. Later loads with providers [cpu] use it (same "
                     "output, about 60% of the load time). On x86-64 with VNNI the int8 model's uint8 weights are "
-                    "stored as int8 in it: the same numbers, about 70% of the decode time. Needs about twice the memory of "
-                    "a normal load, once.")
+                    "stored as int8 in it: the same numbers, about 70% of the decode time. Needs about twice the "
+                    "memory of a normal load, once.")
     op.add_argument("--config", help=CONFIG_HELP)
     op.add_argument("--model", metavar="PATH", help=MODEL_HELP)
     op.add_argument("--precision", choices=("auto", "int8", "fp32", "fp16"))
