@@ -4,8 +4,9 @@ The public int8 exports (sherpa-onnx's model.int8.onnx, FunASR's model_quant.onn
 quantized with uint8 weights: every MatMulInteger multiplies uint8 activations by uint8 weights,
 and on x86-64 ONNX Runtime's kernel for that pair is the slow one. Weights and their zero point
 shifted by -128 (uint8 w -> int8 w - 128, one XOR 0x80 per byte) give the same integer products, so
-the same output bit for bit, and the uint8 x int8 kernel (VNNI; ort_cache.signed_kernels_exact says where): a 10 s decode of the
-full-size model on 2 threads took 121 instead of 188 ms on an AMD EPYC (docs/benchmarks/recognizer.md).
+the same output bit for bit, on the uint8 x int8 kernel (exact with VNNI: ort_cache.signed_kernels_exact):
+a 10 s decode of the full-size model on 2 threads took 121 instead of 188 ms on an AMD EPYC
+(docs/benchmarks/recognizer.md).
 
 The copy is written without the onnx package (not a runtime dependency), by walking the protobuf
 wire format: the weights' bytes keep their length and are shifted as they are copied; the zero
@@ -206,7 +207,10 @@ def write_signed(model: Path, out_path: Path) -> int:
         for number, wire, key_at, start, end in _fields(buf, graph_start, graph_end):
             t = changed.get(key_at) if number == _INITIALIZER else None
             pieces.append((key_at, end, t))
-            length += end - key_at if t is None else len(_key(_INITIALIZER, _LEN)) + len(_encode_varint(t.size())) + t.size()
+            if t is None:
+                length += end - key_at
+            else:
+                length += len(_key(_INITIALIZER, _LEN)) + len(_encode_varint(t.size())) + t.size()
         with open(out_path, "wb") as out:
             out.write(buf[:graph_key])
             out.write(_key(_GRAPH, _LEN) + _encode_varint(length))
