@@ -142,7 +142,7 @@ def _signed_source(model: Path, partial: Path):
     path = partial.with_name(partial.name + ".signed.onnx")
     try:
         count = write_signed(model, path)
-    except (OSError, ValueError, UnicodeDecodeError) as exc:  # a full disk, a file it cannot follow
+    except (OSError, ValueError, IndexError) as exc:  # a full disk, a file it cannot follow (truncated, not protobuf)
         path.unlink(missing_ok=True)
         log.warning("%s: weights left unsigned (%s); the copy is optimized as it is", model, exc)
         return None, 0

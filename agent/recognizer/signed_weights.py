@@ -90,12 +90,9 @@ class _Tensor:
         self.int32: List[int] = []
         self.others: List[Tuple[int, int]] = []  # the fields kept as they are (key start, end)
 
-    def values_u8(self, buf) -> Optional[bytes]:
-        if self.raw is not None:
-            return None  # large: shifted while copied
-        if not all(0 <= v <= 255 for v in self.int32):
-            return None
-        return bytes(self.int32)
+    def has_bytes(self) -> bool:
+        """Its values are bytes: raw_data, or uint8 values in int32_data (scalar zero points)."""
+        return self.raw is not None or (bool(self.int32) and all(0 <= v <= 255 for v in self.int32))
 
     def size(self) -> int:
         """Its length once written signed."""
@@ -164,9 +161,7 @@ def _plan(buf):
         w, z = tensors.get(weight), tensors.get(zero)
         if w is None or z is None or weight in graph_inputs or zero in graph_inputs:
             continue
-        if w[1].data_type != UINT8 or z[1].data_type != UINT8 or w[1].raw is None:
-            continue
-        if z[1].raw is None and z[1].values_u8(buf) is None:
+        if w[1].data_type != UINT8 or z[1].data_type != UINT8 or w[1].raw is None or not z[1].has_bytes():
             continue
         if all(u == ("MatMulInteger", 1) for u in uses[weight]) and all(u == ("MatMulInteger", 3) for u in uses[zero]):
             chosen[weight], chosen[zero] = w, z
