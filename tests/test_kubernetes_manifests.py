@@ -417,6 +417,15 @@ def test_the_server_is_probed_over_http_and_finds_its_tokens(rendered, tmp_path,
     sc = pod["securityContext"]
     assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 10001 and sc["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod["automountServiceAccountToken"] is False and not pod.get("hostNetwork")
+    # the model fetched, then its optimized copy made where the server's config looks for it
+    inits = pod["initContainers"]
+    assert [c["name"] for c in inits] == ["fetch-model", "optimize-model"]  # they run in this order
+    optimize, cache = inits[1], mount_for(container, "cache")["mountPath"]
+    assert f"model optimize --config {mount_for(container, 'config')['mountPath']}/config.yaml" in optimize["command"][-1]
+    assert config.recognizer.providers == ["cpu"] and config.recognizer.cpu.optimized_cache_dir.startswith(cache + "/")
+    assert {m["mountPath"]: m["name"] for m in optimize["volumeMounts"]} == {
+        mount_for(container, "config")["mountPath"]: "config", mount_for(container, "models")["mountPath"]: "models",
+        cache: "cache", "/tmp": "tmp"}
     # the read-only root leaves the image's STATE_DIRECTORY to a volume: the MQTT outbox outlives a container restart
     dockerfile = (Path(__file__).resolve().parents[1] / "docker" / "Dockerfile").read_text(encoding="utf-8")
     state = re.search(r"STATE_DIRECTORY=(\S+)", dockerfile).group(1)
