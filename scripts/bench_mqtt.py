@@ -14,6 +14,7 @@ sink_call_us is how long the pipeline's thread spends in emitting the event to t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import platform
@@ -113,6 +114,27 @@ def run_case(settings, host, port, count, rate):
             "publish_ack_ms": pub.stats()["publish_latency_ms"]}
 
 
+def machine() -> str:
+    return f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip()
+
+
+@contextlib.contextmanager
+def broker_for(host, port, prefix: str):
+    """(host, port, how the report names it): the broker given, else a local mosquitto for the run."""
+    if host is not None:
+        yield host, port, f"{host}:{port}"
+        return
+    from mosquitto_fixture import MOSQUITTO, Broker
+
+    if MOSQUITTO is None:
+        sys.exit("mosquitto is not installed: apt-get install mosquitto, or pass --host")
+    broker = Broker(Path(tempfile.mkdtemp(prefix=prefix)), persistence=False).start()
+    try:
+        yield broker.host, broker.port, "local mosquitto (spawned)"
+    finally:
+        broker.stop()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--host", help="use this broker instead of starting a local mosquitto")
@@ -124,26 +146,13 @@ def main():
 
     from agent.mqtt.settings import MqttSettings
 
-    broker = None
-    host, port = args.host, args.port
-    if host is None:
-        from mosquitto_fixture import MOSQUITTO, Broker
-
-        if MOSQUITTO is None:
-            sys.exit("mosquitto is not installed: apt-get install mosquitto, or pass --host")
-        broker = Broker(Path(tempfile.mkdtemp(prefix="bench-mqtt-")), persistence=False).start()
-        host, port = broker.host, broker.port
-    try:
+    with broker_for(args.host, args.port, "bench-mqtt-") as (host, port, described):
         settings = MqttSettings(enabled=True, host=host, port=port, device_id="bench", protocol=args.protocol,
                                 outbox_max=max(1000, args.count * 3), health_interval_s=3600.0)
-        report = {"machine": f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(),
-                  "cpus": mp.cpu_count(), "python": platform.python_version(), "protocol": args.protocol,
-                  "broker": "local mosquitto (spawned)" if broker else f"{host}:{port}",
+        report = {"machine": machine(), "cpus": mp.cpu_count(), "python": platform.python_version(),
+                  "protocol": args.protocol, "broker": described,
                   "runs": [run_case(settings, host, port, args.count, args.rate),
                            run_case(settings, host, port, args.count, 0)]}
-    finally:
-        if broker is not None:
-            broker.stop()
     print(json.dumps(report, indent=2, ensure_ascii=False))
 
 

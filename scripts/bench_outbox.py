@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from bench_mqtt import final_event, percentile, run_case  # noqa: E402 - scripts/ is on the path when run
+from bench_mqtt import broker_for, final_event, machine, percentile, run_case  # noqa: E402 - scripts/ is on the path when run
 
 
 def messages_for(count: int) -> list:
@@ -129,29 +129,15 @@ def main():
     directory = args.dir or Path(tempfile.mkdtemp(prefix="bench-outbox-"))
     directory.mkdir(parents=True, exist_ok=True)
 
-    broker = None
-    host, port = args.host, args.port
-    if host is None:
-        from mosquitto_fixture import MOSQUITTO, Broker
-
-        if MOSQUITTO is None:
-            sys.exit("mosquitto is not installed: apt-get install mosquitto, or pass --host")
-        broker = Broker(Path(tempfile.mkdtemp(prefix="bench-outbox-broker-")), persistence=False).start()
-        host, port = broker.host, broker.port
-    try:
+    with broker_for(args.host, args.port, "bench-outbox-broker-") as (host, port, described):
         commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True).stdout.strip()
         fs = subprocess.run(["df", "--output=fstype", str(directory)], capture_output=True, text=True).stdout.split()
-        report = {"machine": f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(),
-                  "cpus": mp.cpu_count(), "python": platform.python_version(), "commit": commit,
-                  "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "directory": str(directory),
-                  "filesystem": fs[-1] if fs else None, "argv": sys.argv[1:],
-                  "broker": "local mosquitto (spawned)" if broker else f"{host}:{port}",
+        report = {"machine": machine(), "cpus": mp.cpu_count(), "python": platform.python_version(),
+                  "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "directory": str(directory),
+                  "filesystem": fs[-1] if fs else None, "argv": sys.argv[1:], "broker": described,
                   "sustained": sustained(directory, max(1, args.rows // 3)),
                   "latency": latency(host, port, directory, args.count, args.rate)}
-    finally:
-        if broker is not None:
-            broker.stop()
     print(json.dumps(report, indent=2, ensure_ascii=False))
 
 
