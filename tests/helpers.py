@@ -103,3 +103,22 @@ def emit_all(publisher, events) -> Emitter:
     for event in events:
         publisher.emitter.emit(event)
     return publisher.emitter
+
+
+async def stream_and_read(ws, audio: bytes, frame: int = 3200) -> list:
+    """Send `audio` over an open /ws/stt connection in `frame`-byte messages, then `stop`; every event
+    (decoded JSON) the server sends until it closes."""
+    import json
+
+    from websockets.exceptions import ConnectionClosed
+
+    for i in range(0, len(audio), frame):
+        await ws.send(audio[i:i + frame])
+    await ws.send(json.dumps({"type": "stop"}))
+    events = []
+    try:
+        async for message in ws:
+            events.append(json.loads(message))
+    except ConnectionClosed:
+        pass
+    return events

@@ -17,7 +17,7 @@ from agent.errors import ConfigError
 from agent.recognizer.sensevoice import SenseVoiceRecognizer
 from agent.recognizer.settings import RecognizerSettings
 from agent.server.protocol import ProtocolError, parse_text
-from helpers import run, start_serve, write_wav
+from helpers import run, start_serve, stream_and_read, write_wav
 from mosquitto_fixture import free_port
 
 BLANK = "<unk>"
@@ -77,6 +77,15 @@ async def ws_utterance(ws) -> dict:
         event = json.loads(await ws.recv())
         if event["type"] == "final":
             return event
+
+
+def run_then_stop(proc, session, timeout: float):
+    """What the coroutine `session` returns within `timeout` s; `serve` is stopped whatever happened."""
+    try:
+        return asyncio.run(asyncio.wait_for(session, timeout))
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
 
 
 def audio(seed=0):
@@ -160,33 +169,21 @@ def test_websocket_start_hotwords_parse():
 
 
 def test_websocket_start_hotwords_reach_the_decoder(biased_model, tmp_path):
-    websockets = pytest.importorskip("websockets")
+    pytest.importorskip("websockets")
 
     config, port = serve_config(biased_model, tmp_path)
     proc = start_serve(config, port)
 
     async def one(start):
-        events = []
         async with ws_connect(port, f"dev-{len(start)}") as ws:
             await ws.send(json.dumps({"type": "start", **start}))
-            for i in range(0, len(PCM), 3200):
-                await ws.send(PCM[i:i + 3200])
-            await ws.send(json.dumps({"type": "stop"}))
-            try:
-                async for message in ws:
-                    events.append(json.loads(message))
-            except websockets.exceptions.ConnectionClosed:
-                pass
+            events = await stream_and_read(ws, PCM)
         return [e for e in events if e["type"] == "final"]
 
     async def both():
-        return await asyncio.wait_for(asyncio.gather(one({"hotwords": ["ok"]}), one({})), 60)
+        return await asyncio.gather(one({"hotwords": ["ok"]}), one({}))
 
-    try:
-        biased, plain = asyncio.run(both())
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=30)
+    biased, plain = run_then_stop(proc, both(), 60)
     assert biased and all("ok" in f["text"] and f["hotwords_matched"] == ["ok"] for f in biased)
     assert plain and all("world" in f["text"] and "hotwords_matched" not in f for f in plain)
 
@@ -217,11 +214,7 @@ def test_mqtt_set_and_clear_hotwords_reach_a_streaming_device(biased_model, tmp_
             cleared = await ws_utterance(ws)
             return plain, biased, cleared
 
-    try:
-        plain, biased, cleared = asyncio.run(asyncio.wait_for(session(), 90))
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=30)
+    plain, biased, cleared = run_then_stop(proc, session(), 90)
     assert "world" in plain["text"] and "hotwords_matched" not in plain
     assert "ok" in biased["text"] and biased["hotwords_matched"] == ["ok"]
     assert "world" in cleared["text"] and "hotwords_matched" not in cleared
@@ -266,11 +259,7 @@ def test_sighup_reads_the_configured_hotwords_again(biased_model, tmp_path):
             line = await asyncio.to_thread(reload)
             return plain, line, await ws_utterance(ws)
 
-    try:
-        plain, line, biased = asyncio.run(asyncio.wait_for(session(), 90))
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=30)
+    plain, line, biased = run_then_stop(proc, session(), 90)
     assert "world" in plain["text"] and "hotwords_matched" not in plain
     assert "reload: log level, hotwords (1 phrases) applied" in line and "need a restart" not in line
     assert "ok" in biased["text"] and biased["hotwords_matched"] == ["ok"]

@@ -25,14 +25,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import write_wav
+from helpers import stream_and_read, write_wav
 from mosquitto_fixture import free_port, needs_mosquitto
 
 prometheus_client = pytest.importorskip("prometheus_client")
 websockets = pytest.importorskip("websockets")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
-from websockets.exceptions import ConnectionClosed, InvalidStatus  # noqa: E402
+from websockets.exceptions import InvalidStatus  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RATE = 16000
@@ -118,17 +118,8 @@ def headers(token=TOKEN) -> dict:
 
 async def stream(url, audio: bytes) -> list:
     """Stream `audio` in 100 ms messages, then stop; the events that came back."""
-    events = []
     async with connect(url, additional_headers=headers()) as ws:
-        for i in range(0, len(audio), 3200):
-            await ws.send(audio[i:i + 3200])
-        await ws.send(json.dumps({"type": "stop"}))
-        try:
-            async for message in ws:
-                events.append(json.loads(message))
-        except ConnectionClosed:
-            pass
-    return events
+        return await stream_and_read(ws, audio)
 
 
 async def refused_with(url, token) -> int:
