@@ -82,8 +82,7 @@ def _key(number: int, wire: int) -> bytes:
 
 
 class _Tensor:
-    def __init__(self, start: int, end: int):
-        self.start, self.end = start, end  # the TensorProto message
+    def __init__(self):
         self.name = ""
         self.data_type = 0
         self.raw: Optional[Tuple[int, int]] = None
@@ -102,7 +101,7 @@ class _Tensor:
 
 
 def _tensor(buf, start: int, end: int) -> _Tensor:
-    t = _Tensor(start, end)
+    t = _Tensor()
     for n, w, k, s, e in _fields(buf, start, end):
         if n == _T_DATA_TYPE and w == _VARINT:
             t.data_type = _varint(buf, s)[0]
