@@ -69,7 +69,7 @@ def turn(seed):
 class Replica:
     """One `serve` process on its own port; `broker`: its events also go to MQTT."""
 
-    def __init__(self, directory: Path, model, name: str, broker=None, **server):
+    def __init__(self, directory: Path, model, name: str, broker=None, segmenter: str = "", **server):
         directory.mkdir(parents=True, exist_ok=True)
         self.name = name
         self.port = free_port()
@@ -79,6 +79,8 @@ class Replica:
                    **server}
         lines = [f"recognizer:\n  model_dir: {model}", "vad:\n  kind: energy", "pipeline:\n  drain_timeout_s: 5.0",
                  "server:\n" + "".join(f"  {k}: {v}\n" for k, v in options.items())]
+        if segmenter:
+            lines.append(f"segmenter:\n{segmenter}")
         if broker is not None:
             lines.append(f"mqtt:\n  enabled: true\n  host: {broker.host}\n  port: {broker.port}\n"
                          f"  device_id: {name}\n  reconnect_min_s: 0.1")
@@ -276,6 +278,49 @@ def test_a_session_past_max_session_s_ends_between_utterances_with_4001(tmp_path
     assert final_after["session"] == final["session"]  # the same replica: the numbering goes on
     assert final_after["utterance_id"] == final["utterance_id"] + 1
     assert final_after["seq"] > max(e["seq"] for e in events)
+
+
+def test_a_stream_that_never_pauses_is_closed_an_utterance_past_the_limit_and_others_are_served(tmp_path, model):
+    """A device that talks without a pause (a TV) holds its connection past max_session_s: it is closed with
+    4001 one max_utterance_s later, every utterance it began finished with one final; a device beside it that
+    speaks and pauses gets its final once."""
+    replica = Replica(tmp_path, model, "box", segmenter="  max_utterance_s: 3.0\n  cut_search_s: 0.5\n",
+                      max_session_s=2.0).start()
+
+    async def tv():
+        device = await Device("tv").connect(replica.url("tv"))
+        reader = asyncio.ensure_future(device.read_to_close())  # a device reads its events as they come
+        sent = 0.0
+        try:
+            for chunk in frames(np.concatenate([silence(0.3), speech(12.0, 5)]), size=1600):  # 50 ms, real time
+                await device.ws.send(chunk)
+                sent += 0.05
+                await asyncio.sleep(0.05)
+        except ConnectionClosed:
+            pass
+        code, reason = await reader
+        return device.events, code, reason, sent
+
+    async def polite():
+        device = await Device("kiosk").connect(replica.url("kiosk"))
+        final = await device.say(3)
+        await device.close()
+        return device.events, final
+
+    async def both():
+        return await asyncio.gather(tv(), polite())
+
+    try:
+        (events, code, reason, sent), (polite_events, polite_final) = asyncio.run(asyncio.wait_for(both(), 60))
+    finally:
+        replica.stop()
+    assert code == 4001 and "server.max_session_s (2 s) reached: reconnect" in reason
+    assert sent < 2.0 + 3.0 + 3.0  # closed one utterance past the limit, long before the 12 s were sent
+    starts = [e["utterance_id"] for e in events if e["type"] == "speech_start"]
+    finals = [e["utterance_id"] for e in finals_of(events)]
+    assert starts and sorted(finals) == starts  # each utterance it began: one final, none twice
+    assert [f["utterance_id"] for f in finals_of(polite_events)] == [polite_final["utterance_id"]]
+    assert polite_final["text"].startswith(tm.PATTERN_TEXT)
 
 
 # ------------------------------------------------------------------------------------------ behind HAProxy
