@@ -235,3 +235,45 @@ def test_a_session_past_max_session_s_ends_between_turns_with_session_expired_an
     assert completed[0]["audio_end"] - completed[0]["audio_start"] > 1.0  # both halves, before and after the limit
     assert kinds[-1] == "error" and events[-1]["error"]["code"] == "session_expired", kinds
     assert code == 4001 and "server.max_session_s (1 s) reached: reconnect" in reason
+
+
+def test_with_client_commits_a_session_past_max_session_s_waits_for_the_commit(tmp_path, model):
+    """turn_detection null: audio appended but not committed keeps the session open past the limit; once the
+    client commits, the turn is transcribed, then session_expired and 4001."""
+    async def scenario(port):
+        url = f"ws://127.0.0.1:{port}/v1/realtime?intent=transcription"
+        async with websockets.asyncio.client.connect(url, additional_headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
+            events = [json.loads(await ws.recv())]
+
+            async def send(event):
+                await ws.send(json.dumps(event))
+
+            async def append(samples):
+                await send({"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm16(samples)).decode()})
+
+            await send({"type": "session.update", "session": {"type": "transcription", "audio": {"input": {
+                "format": {"type": "audio/pcm", "rate": 16000}, "turn_detection": None}}}})
+            await append(speech(0.5, 1, 16000))
+            await asyncio.sleep(1.1)  # past max_session_s (1 s, less up to 10%) with audio waiting for a commit
+            await append(speech(0.5, 2, 16000))  # still open: the turn is not committed
+            await send({"type": "input_audio_buffer.commit"})
+            try:
+                async for message in ws:
+                    events.append(json.loads(message))
+                    if events[-1]["type"].endswith("transcription.completed"):
+                        await append(np.zeros(1600))  # the next client event finds the session between turns
+            except websockets.exceptions.ConnectionClosed:
+                pass
+            return events, ws.close_code
+
+    gen = serving(tmp_path, model, "  max_session_s: 1\n")
+    port = next(gen)
+    try:
+        events, code = asyncio.run(asyncio.wait_for(scenario(port), 60))
+    finally:
+        next(gen, None)
+    kinds = [e["type"] for e in events]
+    completed = [e for e in events if e["type"] == "conversation.item.input_audio_transcription.completed"]
+    assert len(completed) == 1 and completed[0]["audio_end"] - completed[0]["audio_start"] > 0.9, kinds
+    assert kinds[-1] == "error" and events[-1]["error"]["code"] == "session_expired", kinds
+    assert code == 4001
