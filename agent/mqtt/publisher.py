@@ -438,7 +438,7 @@ class MqttPublisher:
             if message.kind == "status" and self._claims is not None:
                 if self._moved_away(message):
                     continue
-                properties = Properties(PacketTypes.PUBLISH)
+                properties = properties or Properties(PacketTypes.PUBLISH)  # keeps an expiry, were there one
                 properties.UserProperty = (SESSION_PROPERTY, self.session)
             try:
                 info = self._client.publish(message.topic, message.payload, qos=message.qos, retain=message.retain,
