@@ -68,7 +68,6 @@ class DiskStore:
         self._writer: threading.Thread | None = None
         self.problem: str | None = None  # why the file was given up; None while it works
         self.rows = 0  # rows on disk once the writer has caught up
-        self.written = 0  # rows committed
         self.restored = 0  # rows read back at start and queued again
         self.expired_at_start = 0  # rows read back too old to send (deleted)
         self.expired_by_type: dict = {}  # those, by event type
@@ -218,7 +217,6 @@ class DiskStore:
             except sqlite3.Error:
                 pass  # a full or broken file: the caller gives it up
             raise
-        self.written += len(adds)
         self.rows += len(adds) - len(dels)
 
     # ------------------------------------------------------------------ failure and stop
@@ -251,9 +249,6 @@ class DiskStore:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
-
-    def stats(self) -> dict:
-        return {"rows": self.rows, "restored": self.restored, "expired_at_start": self.expired_at_start}
 
 
 def _describe(exc: BaseException) -> str:
